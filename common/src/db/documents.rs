@@ -1,0 +1,217 @@
+//! Generated documents: the row is the truth about a job.
+//!
+//! The queue delivers at least once, so the worker's writes are guarded: [`Documents::claim`]
+//! counts the attempt, and [`Documents::finish`] only succeeds for the attempt that claimed
+//! last while the row is still `processing`, so only one attempt can mark a document done.
+
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Db, DbResult, Page, SqlxResultExt, on_db};
+use crate::model::{Document, DocumentStatus, OutputFormat, Timings};
+
+/// The documents list's filter: `$1` owner, `$2` status, `$3` policy, each optional.
+macro_rules! list_filter {
+    () => {
+        "($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR policy_id = $3)"
+    };
+}
+
+macro_rules! columns {
+    () => {
+        "id, owner_id, document_type, status, output_format, mime_type, template_version_id, policy_id, \
+         inline_context, compress, encrypt, attempts, error, storage_key, size_bytes, stored_bytes, checksum, \
+         timings, request_id, created_at, started_at, finished_at, updated_at"
+    };
+}
+
+/// The fields of a document request.
+pub struct NewDocument<'a> {
+    pub owner_id: Uuid,
+    pub document_type: &'a str,
+    pub output_format: OutputFormat,
+    pub template_version_id: Option<Uuid>,
+    pub policy_id: Option<Uuid>,
+    pub inline_context: &'a serde_json::Value,
+    pub compress: bool,
+    pub encrypt: bool,
+    pub request_id: Option<&'a str>,
+}
+
+/// Filters of the documents list.
+#[derive(Debug, Default)]
+pub struct DocumentFilter {
+    /// Only this owner's documents (agents); `None` for everyone's (managers, admins).
+    pub owner_id: Option<Uuid>,
+    pub status: Option<DocumentStatus>,
+    pub policy_id: Option<Uuid>,
+}
+
+/// How a finished attempt ended.
+pub enum Outcome<'a> {
+    Ready {
+        storage_key: &'a str,
+        size_bytes: i64,
+        stored_bytes: i64,
+        checksum: &'a str,
+        timings: &'a Timings,
+    },
+    Failed {
+        error: &'a str,
+    },
+}
+
+pub struct Documents<'a>(pub(super) &'a Db);
+
+impl Documents<'_> {
+    /// Records a new request in status `queued`.
+    pub async fn create(&self, new: NewDocument<'_>) -> DbResult<Document> {
+        let now = crate::now();
+        on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
+            "INSERT INTO generated_documents (id, owner_id, document_type, status, output_format, mime_type, \
+             template_version_id, policy_id, inline_context, compress, encrypt, attempts, request_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, $12) RETURNING ",
+            columns!()
+        ))
+        .bind(Uuid::now_v7())
+        .bind(new.owner_id)
+        .bind(new.document_type)
+        .bind(new.output_format.as_str())
+        .bind(new.output_format.mime_type())
+        .bind(new.template_version_id)
+        .bind(new.policy_id)
+        .bind(Json(new.inline_context))
+        .bind(new.compress)
+        .bind(new.encrypt)
+        .bind(new.request_id)
+        .bind(now)
+        .fetch_one(pool)
+        .await)
+        .db()
+    }
+
+    pub async fn get(&self, id: Uuid) -> DbResult<Option<Document>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
+            "SELECT ", columns!(), " FROM generated_documents WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// Documents matching `filter`, newest first.
+    pub async fn list(
+        &self,
+        filter: &DocumentFilter,
+        limit: i64,
+        offset: i64,
+    ) -> DbResult<Page<Document>> {
+        let status = filter.status.map(DocumentStatus::as_str);
+        on_db!(self.0, pool => {
+            let items = sqlx::query_as::<_, Document>(concat!(
+                "SELECT ", columns!(), " FROM generated_documents WHERE ", list_filter!(), " ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5"
+            ))
+            .bind(filter.owner_id)
+            .bind(status)
+            .bind(filter.policy_id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await
+            .db()?;
+            let total: i64 = sqlx::query_scalar(concat!(
+                "SELECT COUNT(*) FROM generated_documents WHERE ",
+                list_filter!()
+            ))
+            .bind(filter.owner_id)
+            .bind(status)
+            .bind(filter.policy_id)
+            .fetch_one(pool)
+            .await
+            .db()?;
+            Ok(Page { items, total, limit, offset })
+        })
+    }
+
+    /// Starts an attempt: the row moves to `processing` and its attempt counter goes up.
+    /// `None` when the document is gone or already finished (a duplicate delivery).
+    pub async fn claim(&self, id: Uuid) -> DbResult<Option<Document>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
+            "UPDATE generated_documents SET status = 'processing', attempts = attempts + 1, \
+             started_at = $2, updated_at = $2, error = NULL \
+             WHERE id = $1 AND status IN ('queued', 'processing') RETURNING ",
+            columns!()
+        ))
+        .bind(id)
+        .bind(crate::now())
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// Ends attempt number `attempt`. False when another attempt has claimed the document
+    /// since, or it is no longer `processing`: the caller's result is then discarded.
+    pub async fn finish(&self, id: Uuid, attempt: i32, outcome: Outcome<'_>) -> DbResult<bool> {
+        let now = crate::now();
+        let result = match outcome {
+            Outcome::Ready {
+                storage_key,
+                size_bytes,
+                stored_bytes,
+                checksum,
+                timings,
+            } => {
+                on_db!(self.0, pool => sqlx::query(
+                    "UPDATE generated_documents SET status = 'ready', storage_key = $3, size_bytes = $4, \
+                     stored_bytes = $5, checksum = $6, timings = $7, error = NULL, finished_at = $8, updated_at = $8 \
+                     WHERE id = $1 AND attempts = $2 AND status = 'processing'",
+                )
+                .bind(id)
+                .bind(attempt)
+                .bind(storage_key)
+                .bind(size_bytes)
+                .bind(stored_bytes)
+                .bind(checksum)
+                .bind(Json(timings))
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()))
+            }
+            Outcome::Failed { error } => {
+                on_db!(self.0, pool => sqlx::query(
+                    "UPDATE generated_documents SET status = 'failed', error = $3, finished_at = $4, updated_at = $4 \
+                     WHERE id = $1 AND attempts = $2 AND status = 'processing'",
+                )
+                .bind(id)
+                .bind(attempt)
+                .bind(error)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()))
+            }
+        };
+        result.db().map(|n| n == 1)
+    }
+
+    /// Deletes a document row; false when it did not exist.
+    pub async fn delete(&self, id: Uuid) -> DbResult<bool> {
+        on_db!(self.0, pool => sqlx::query("DELETE FROM generated_documents WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+        .db()
+        .map(|n| n == 1)
+    }
+
+    /// How many documents wait in `queued`.
+    pub async fn count_queued(&self) -> DbResult<i64> {
+        on_db!(self.0, pool => sqlx::query_scalar("SELECT COUNT(*) FROM generated_documents WHERE status = 'queued'")
+            .fetch_one(pool)
+            .await)
+        .db()
+    }
+}

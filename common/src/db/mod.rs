@@ -1,0 +1,187 @@
+//! The database handle and its repositories.
+//!
+//! One repository layer serves both Postgres and SQLite. `sqlx::Any` was rejected: it cannot
+//! decode UUIDs, timestamps or JSON. Instead [`Db`] is an enum of the two pools and the
+//! [`on_db!`] macro expands each query into one arm per pool. The SQL text is written once:
+//! it sticks to `$N` placeholders, `RETURNING` and `ON CONFLICT`, which both engines accept,
+//! and every timestamp is bound from Rust rather than computed by SQL functions that differ.
+//!
+//! Migrations live in `migrations/postgres` and `migrations/sqlite` (same tables and names)
+//! and are recorded in `_app_migrations`, so they never collide with a job queue's own
+//! migrations in the same database.
+
+pub mod audit;
+pub mod documents;
+pub mod sessions;
+pub mod templates;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, PgPool, SqlitePool};
+
+use crate::Settings;
+
+/// A pool on one of the two supported databases.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body is compiled once
+/// per database, so the same query text gets each driver's types.
+#[macro_export]
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+pub use on_db;
+
+/// Errors a repository reports; callers match on [`DbError::Conflict`] to answer 409.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A unique constraint refused the write.
+    #[error("unique constraint violated: {0}")]
+    Conflict(String),
+    /// A foreign key refused the write (the referenced row is gone or still referenced).
+    #[error("foreign key constraint violated: {0}")]
+    ForeignKey(String),
+    #[error(transparent)]
+    Other(#[from] sqlx::Error),
+}
+
+impl DbError {
+    pub(crate) fn from_sqlx(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db_err) = &err {
+            match db_err.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => {
+                    return DbError::Conflict(
+                        db_err.constraint().unwrap_or(db_err.message()).to_owned(),
+                    );
+                }
+                sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    return DbError::ForeignKey(db_err.message().to_owned());
+                }
+                _ => {}
+            }
+        }
+        DbError::Other(err)
+    }
+}
+
+/// Shorthand for repository results.
+pub type DbResult<T> = Result<T, DbError>;
+
+pub(crate) trait SqlxResultExt<T> {
+    fn db(self) -> DbResult<T>;
+}
+
+impl<T> SqlxResultExt<T> for Result<T, sqlx::Error> {
+    fn db(self) -> DbResult<T> {
+        self.map_err(DbError::from_sqlx)
+    }
+}
+
+impl Db {
+    /// Connects to `DATABASE_URL`. SQLite files are created when missing and opened in WAL
+    /// mode with a busy timeout, so the API and the worker can write concurrently.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
+        let url = settings.database_url.as_str();
+        let slow = Duration::from_millis(settings.slow_query_ms);
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .with_context(|| format!("invalid DATABASE_URL {url:?}"))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+                .log_slow_statements(log::LevelFilter::Warn, slow);
+            if let Some(parent) = options.get_filename().parent() {
+                std::fs::create_dir_all(parent).with_context(|| {
+                    format!("cannot create the directory of {}", parent.display())
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(settings.database_max_connections)
+                .connect_with(options)
+                .await
+                .with_context(|| format!("cannot open the SQLite database {url:?}"))?;
+            Ok(Db::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url)
+                .context("invalid DATABASE_URL")?
+                .log_slow_statements(log::LevelFilter::Warn, slow);
+            let pool = PgPoolOptions::new()
+                .max_connections(settings.database_max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .context("cannot connect to the Postgres database in DATABASE_URL")?;
+            Ok(Db::Postgres(pool))
+        } else {
+            anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite://")
+        }
+    }
+
+    /// Applies every pending migration of this database's kind.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Db::Postgres(pool) => {
+                let mut migrator = sqlx::migrate!("../migrations/postgres");
+                migrator.dangerous_set_table_name("_app_migrations");
+                migrator.run(pool).await
+            }
+            Db::Sqlite(pool) => {
+                let mut migrator = sqlx::migrate!("../migrations/sqlite");
+                migrator.dangerous_set_table_name("_app_migrations");
+                migrator.run(pool).await
+            }
+        }
+        .context("database migration failed")
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> bool {
+        on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok())
+    }
+
+    pub fn users(&self) -> users::Users<'_> {
+        users::Users(self)
+    }
+    pub fn sessions(&self) -> sessions::Sessions<'_> {
+        sessions::Sessions(self)
+    }
+    pub fn templates(&self) -> templates::Templates<'_> {
+        templates::Templates(self)
+    }
+    pub fn documents(&self) -> documents::Documents<'_> {
+        documents::Documents(self)
+    }
+    pub fn audit(&self) -> audit::Audit<'_> {
+        audit::Audit(self)
+    }
+
+    /// Closes every connection (lets SQLite checkpoint its WAL on shutdown).
+    pub async fn close(&self) {
+        on_db!(self, pool => pool.close().await)
+    }
+}
+
+/// A page of rows and the total that matched.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}

@@ -1,0 +1,106 @@
+//! Users.
+
+use uuid::Uuid;
+
+use super::{Db, DbResult, SqlxResultExt, on_db};
+use crate::model::{Role, User};
+
+macro_rules! columns {
+    () => {
+        "id, email, full_name, hashed_password, role, is_active, created_at"
+    };
+}
+
+/// The fields of a new user.
+pub struct NewUser<'a> {
+    pub email: &'a str,
+    pub full_name: Option<&'a str>,
+    pub hashed_password: &'a str,
+    pub role: Role,
+    pub is_active: bool,
+}
+
+pub struct Users<'a>(pub(super) &'a Db);
+
+impl Users<'_> {
+    /// Inserts a user; a taken email is [`super::DbError::Conflict`]. Emails are stored
+    /// lowercased so lookups ignore case.
+    pub async fn create(&self, new: NewUser<'_>) -> DbResult<User> {
+        let now = crate::now();
+        let sql = concat!(
+            "INSERT INTO users (id, email, full_name, hashed_password, role, is_active, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ",
+            columns!(),
+            ""
+        );
+        on_db!(self.0, pool => sqlx::query_as::<_, User>(sql)
+            .bind(Uuid::now_v7())
+            .bind(new.email.to_lowercase())
+            .bind(new.full_name)
+            .bind(new.hashed_password)
+            .bind(new.role.as_str())
+            .bind(new.is_active)
+            .bind(now)
+            .fetch_one(pool)
+            .await)
+        .db()
+    }
+
+    pub async fn find_by_email(&self, email: &str) -> DbResult<Option<User>> {
+        let sql = concat!("SELECT ", columns!(), " FROM users WHERE email = $1");
+        on_db!(self.0, pool => sqlx::query_as::<_, User>(sql)
+            .bind(email.to_lowercase())
+            .fetch_optional(pool)
+            .await)
+        .db()
+    }
+
+    pub async fn find_by_id(&self, id: Uuid) -> DbResult<Option<User>> {
+        let sql = concat!("SELECT ", columns!(), " FROM users WHERE id = $1");
+        on_db!(self.0, pool => sqlx::query_as::<_, User>(sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)
+        .db()
+    }
+
+    /// The user behind an access token, provided the token's session is still open. One
+    /// query per authenticated request: revoking a session or a device ends its access
+    /// tokens at once, not at their expiry.
+    pub async fn find_for_session(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+    ) -> DbResult<Option<User>> {
+        let sql = "SELECT u.id, u.email, u.full_name, u.hashed_password, u.role, u.is_active, u.created_at \
+                   FROM users u JOIN auth_sessions s ON s.user_id = u.id \
+                   WHERE u.id = $1 AND s.id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3";
+        on_db!(self.0, pool => sqlx::query_as::<_, User>(sql)
+            .bind(user_id)
+            .bind(session_id)
+            .bind(crate::now())
+            .fetch_optional(pool)
+            .await)
+        .db()
+    }
+
+    /// Gives an existing user a role and a new password (used by `create-admin` on an
+    /// email that already exists).
+    pub async fn promote(&self, id: Uuid, role: Role, hashed_password: &str) -> DbResult<User> {
+        let sql = concat!(
+            "UPDATE users SET role = $2, hashed_password = $3, is_active = $4, updated_at = $5 \
+             WHERE id = $1 RETURNING ",
+            columns!(),
+            ""
+        );
+        on_db!(self.0, pool => sqlx::query_as::<_, User>(sql)
+            .bind(id)
+            .bind(role.as_str())
+            .bind(hashed_password)
+            .bind(true)
+            .bind(crate::now())
+            .fetch_one(pool)
+            .await)
+        .db()
+    }
+}

@@ -1,0 +1,34 @@
+//! What the API and the worker share.
+//!
+//! # Layout
+//! - [`settings`]: configuration from the environment (and an optional `.env`), with the
+//!   embedded mode's generated secrets.
+//! - [`db`]: the [`db::Db`] handle over Postgres or SQLite, migrations, and one repository
+//!   per table. Every query is written once and runs unchanged on both databases.
+//! - [`model`]: domain types shared by the HTTP layer and the worker.
+//! - [`auth`]: password hashing, access tokens (JWT) and refresh-token material.
+//! - [`signing`]: HMAC-signed download links and their key ring.
+//! - [`queue`]: the job payload and the producer side of the job queue (SQLite or Redis).
+//! - [`storage`]: the object store where rendered documents live.
+//! - [`telemetry`]: logging set-up and the Prometheus registry.
+//!
+//! This crate knows nothing of HTTP or rendering: those live in `api` and `worker`.
+
+pub mod auth;
+pub mod db;
+pub mod model;
+pub mod queue;
+pub mod settings;
+pub mod signing;
+pub mod storage;
+pub mod telemetry;
+
+pub use db::Db;
+pub use settings::Settings;
+
+/// The current time, truncated to microseconds: both databases keep microseconds, so a
+/// value read back compares equal to the one written.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}

@@ -1,0 +1,440 @@
+//! Configuration, read once at start-up from the environment and an optional `.env`.
+//!
+//! Variable names follow the original product where it had one (`DATABASE_URL`,
+//! `JWT_SECRET_KEY`, `SIGNATURE_KEYS`, `CORS_*`, `SECURITY_*`, …) so existing deployments
+//! keep their configuration. Lists and maps are JSON, as they were.
+//!
+//! Settings are built from a lookup function rather than from `std::env` directly, so tests
+//! can start many applications in one process, each with its own configuration, without
+//! touching the process environment.
+//!
+//! Secrets: in production (`ENVIRONMENT=production`) a missing JWT or signing secret stops
+//! the start-up. Anywhere else, missing secrets are generated once and kept in
+//! `DATA_DIR/secrets.json` (mode 0600), so a throwaway instance needs no set-up and its
+//! tokens survive a restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Where the process runs; only `production` changes behaviour (secrets must be given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Test,
+    Production,
+}
+
+/// Every setting of the API and the worker. See `.env.example` for the documentation of
+/// each variable.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `ENVIRONMENT`: development (default), test or production.
+    pub environment: Environment,
+    /// `BIND_ADDR`: where the API listens.
+    pub bind_addr: SocketAddr,
+    /// `PUBLIC_BASE_URL`: the scheme and host clients reach the API at; signed links are
+    /// built on it. Defaults to `http://BIND_ADDR`.
+    pub public_base_url: String,
+    /// `DATA_DIR`: every file of the embedded mode lives here.
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL`: `postgres://…` or `sqlite://…`.
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`: pool size.
+    pub database_max_connections: u32,
+    /// `REDIS_URL`: when set, the job queue is Redis; otherwise SQLite.
+    pub redis_url: Option<String>,
+    /// `QUEUE_DATABASE_URL`: the SQLite file of the embedded job queue.
+    pub queue_database_url: String,
+    /// `QUEUE_NAME`: the queue's name (a key prefix on Redis).
+    pub queue_name: String,
+    /// `STORAGE_DIR`: the directory that holds rendered documents.
+    pub storage_dir: PathBuf,
+    /// `JWT_SECRET_KEY`.
+    pub jwt_secret_key: SecretString,
+    /// `JWT_ALGORITHM`: HS256, HS384 or HS512; tokens signed otherwise are refused.
+    pub jwt_algorithm: jsonwebtoken::Algorithm,
+    /// `JWT_ISSUER` / `JWT_AUDIENCE`: the `iss` and `aud` claims written and required.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// `ACCESS_TOKEN_EXPIRE_MINUTES`.
+    pub access_token_ttl: Duration,
+    /// `REFRESH_TOKEN_EXPIRE_DAYS`.
+    pub refresh_token_ttl: Duration,
+    /// `PASSWORD_MIN_LENGTH`.
+    pub password_min_length: usize,
+    /// `SIGNATURE_KEYS`: JSON map key id → secret, for signed links.
+    pub signature_keys: BTreeMap<String, SecretString>,
+    /// `SIGNATURE_ACTIVE_KID`: the key id new links are signed with.
+    pub signature_active_kid: String,
+    /// `SIGNED_URL_MAX_TTL`: the longest life a link may be given, in seconds.
+    pub signed_url_max_ttl: u64,
+    /// `CORS_ORIGINS`, `CORS_ALLOW_CREDENTIALS`, `CORS_ALLOW_METHODS`, `CORS_ALLOW_HEADERS`.
+    pub cors_origins: Vec<String>,
+    pub cors_allow_credentials: bool,
+    pub cors_allow_methods: Vec<String>,
+    pub cors_allow_headers: Vec<String>,
+    /// `SECURITY_HSTS`, `SECURITY_CSP`, `SECURITY_FRAME_OPTIONS`, `SECURITY_REFERRER_POLICY`.
+    pub security_hsts: bool,
+    pub security_csp: Option<String>,
+    pub security_frame_options: Option<String>,
+    pub security_referrer_policy: Option<String>,
+    /// `LOG_JSON`: one JSON object per log line.
+    pub log_json: bool,
+    /// `LOG_LEVEL`: a tracing filter (`info`, `monassurance=debug,info`, …); `RUST_LOG` wins.
+    pub log_level: String,
+    /// `REQUEST_ID_HEADER`: the header carrying the request id.
+    pub request_id_header: String,
+    /// `ENABLE_METRICS`: serve `/metrics`.
+    pub enable_metrics: bool,
+    /// `SLOW_QUERY_MS`: statements slower than this are logged at WARN.
+    pub slow_query_ms: u64,
+    /// `HTTP_WARN_MS`: requests slower than this are logged at WARN.
+    pub http_warn_ms: u64,
+    /// `MAX_BODY_BYTES`: the largest request body accepted.
+    pub max_body_bytes: usize,
+    /// `BOOTSTRAP_ADMIN_EMAIL` / `BOOTSTRAP_ADMIN_PASSWORD`: an admin created at start-up
+    /// when no user has that email yet.
+    pub bootstrap_admin_email: Option<String>,
+    pub bootstrap_admin_password: Option<SecretString>,
+    /// `WORKER_CONCURRENCY`: jobs one worker process runs at once.
+    pub worker_concurrency: usize,
+    /// `WORKER_HTTP_ADDR`: where a standalone worker serves `/health` and `/metrics`.
+    pub worker_http_addr: SocketAddr,
+    /// `WORKER_POLL_MS`: how often an idle worker looks for new jobs.
+    pub worker_poll_interval: Duration,
+    /// `JOB_TIMEOUT_SECONDS`: the longest one render may take.
+    pub job_timeout: Duration,
+    /// `JOB_MAX_ATTEMPTS`: attempts after which a transient failure (storage, database) fails
+    /// the document for good.
+    pub job_max_attempts: i32,
+    /// `RENDER_FUEL`: the template engine's instruction budget per render; a runaway loop
+    /// fails its job instead of spinning forever.
+    pub render_fuel: u64,
+    /// `MAX_OUTPUT_BYTES`: the largest document a render may produce.
+    pub max_output_bytes: usize,
+}
+
+/// The secrets the embedded mode generates when none are configured.
+#[derive(Serialize, Deserialize)]
+struct GeneratedSecrets {
+    jwt_secret_key: String,
+    signature_kid: String,
+    signature_secret: String,
+}
+
+impl Settings {
+    /// Reads `.env` (if present) into the process environment, then builds the settings
+    /// from it.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Builds the settings from any key → value lookup (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+        let parse = |key: &str, default: &str| -> anyhow::Result<String> {
+            Ok(get(key).unwrap_or_else(|| default.to_owned()))
+        };
+
+        let environment = match parse("ENVIRONMENT", "development")?.to_lowercase().as_str() {
+            "development" | "dev" => Environment::Development,
+            "test" => Environment::Test,
+            "production" | "prod" => Environment::Production,
+            other => bail!("ENVIRONMENT must be development, test or production, not {other:?}"),
+        };
+        let bind_addr: SocketAddr = parse_value(&get, "BIND_ADDR", "127.0.0.1:8000")?;
+        let public_base_url = get("PUBLIC_BASE_URL")
+            .unwrap_or_else(|| format!("http://{bind_addr}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let data_dir = PathBuf::from(parse("DATA_DIR", "./data")?);
+        let database_url = get("DATABASE_URL")
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("monassurance.db").display()));
+        let queue_database_url = get("QUEUE_DATABASE_URL")
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("queue.db").display()));
+        let storage_dir = get("STORAGE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("objects"));
+
+        let jwt_algorithm = match parse("JWT_ALGORITHM", "HS256")?.to_uppercase().as_str() {
+            "HS256" => jsonwebtoken::Algorithm::HS256,
+            "HS384" => jsonwebtoken::Algorithm::HS384,
+            "HS512" => jsonwebtoken::Algorithm::HS512,
+            other => bail!("JWT_ALGORITHM must be HS256, HS384 or HS512, not {other:?}"),
+        };
+
+        let signature_keys: Option<BTreeMap<String, String>> = get("SIGNATURE_KEYS")
+            .map(|raw| {
+                serde_json::from_str(&raw)
+                    .context("SIGNATURE_KEYS must be a JSON object of key id to secret")
+            })
+            .transpose()?;
+        let mut jwt_secret = get("JWT_SECRET_KEY");
+        let mut signature_keys = signature_keys.unwrap_or_default();
+        let mut signature_active_kid = get("SIGNATURE_ACTIVE_KID");
+
+        if jwt_secret.is_none() || signature_keys.is_empty() {
+            if environment == Environment::Production {
+                bail!(
+                    "JWT_SECRET_KEY and SIGNATURE_KEYS must be set when ENVIRONMENT=production \
+                     (generate each secret with `openssl rand -base64 48`)"
+                );
+            }
+            let generated = load_or_generate_secrets(&data_dir)?;
+            if jwt_secret.is_none() {
+                jwt_secret = Some(generated.jwt_secret_key);
+            }
+            if signature_keys.is_empty() {
+                signature_keys.insert(generated.signature_kid.clone(), generated.signature_secret);
+                signature_active_kid.get_or_insert(generated.signature_kid);
+            }
+        }
+        let jwt_secret = jwt_secret.expect("set above");
+        if jwt_secret.len() < 32 && environment == Environment::Production {
+            bail!("JWT_SECRET_KEY must be at least 32 characters long in production");
+        }
+        let signature_active_kid = match signature_active_kid {
+            Some(kid) => kid,
+            None if signature_keys.len() == 1 => signature_keys.keys().next().cloned().unwrap(),
+            None => bail!("SIGNATURE_ACTIVE_KID must name one of the SIGNATURE_KEYS"),
+        };
+        if !signature_keys.contains_key(&signature_active_kid) {
+            bail!("SIGNATURE_ACTIVE_KID {signature_active_kid:?} is not a key of SIGNATURE_KEYS");
+        }
+        if signature_keys
+            .keys()
+            .any(|kid| kid.is_empty() || kid.contains('.'))
+        {
+            bail!("SIGNATURE_KEYS ids must be non-empty and contain no '.'");
+        }
+
+        let worker_http_addr = parse_value(&get, "WORKER_HTTP_ADDR", "127.0.0.1:8001")?;
+
+        Ok(Settings {
+            environment,
+            bind_addr,
+            public_base_url,
+            database_url,
+            database_max_connections: parse_value(&get, "DATABASE_MAX_CONNECTIONS", "10")?,
+            redis_url: get("REDIS_URL"),
+            queue_database_url,
+            queue_name: parse("QUEUE_NAME", "monassurance-render")?,
+            storage_dir,
+            data_dir,
+            jwt_secret_key: SecretString::from(jwt_secret),
+            jwt_algorithm,
+            jwt_issuer: parse("JWT_ISSUER", "monassurance")?,
+            jwt_audience: parse("JWT_AUDIENCE", "monassurance-api")?,
+            access_token_ttl: Duration::from_secs(
+                60 * parse_value::<u64>(&get, "ACCESS_TOKEN_EXPIRE_MINUTES", "30")?,
+            ),
+            refresh_token_ttl: Duration::from_secs(
+                86_400 * parse_value::<u64>(&get, "REFRESH_TOKEN_EXPIRE_DAYS", "30")?,
+            ),
+            password_min_length: parse_value(&get, "PASSWORD_MIN_LENGTH", "8")?,
+            signature_keys: signature_keys
+                .into_iter()
+                .map(|(kid, secret)| (kid, SecretString::from(secret)))
+                .collect(),
+            signature_active_kid,
+            signed_url_max_ttl: parse_value(&get, "SIGNED_URL_MAX_TTL", "3600")?,
+            cors_origins: parse_json(&get, "CORS_ORIGINS", r#"["http://localhost:3000"]"#)?,
+            cors_allow_credentials: parse_bool(&get, "CORS_ALLOW_CREDENTIALS", true)?,
+            cors_allow_methods: parse_json(
+                &get,
+                "CORS_ALLOW_METHODS",
+                r#"["GET","POST","PUT","PATCH","DELETE","OPTIONS"]"#,
+            )?,
+            cors_allow_headers: parse_json(&get, "CORS_ALLOW_HEADERS", r#"["*"]"#)?,
+            security_hsts: parse_bool(&get, "SECURITY_HSTS", false)?,
+            security_csp: get("SECURITY_CSP"),
+            security_frame_options: Some(parse("SECURITY_FRAME_OPTIONS", "DENY")?),
+            security_referrer_policy: Some(parse("SECURITY_REFERRER_POLICY", "no-referrer")?),
+            log_json: parse_bool(&get, "LOG_JSON", false)?,
+            log_level: parse("LOG_LEVEL", "info")?,
+            request_id_header: parse("REQUEST_ID_HEADER", "X-Request-ID")?.to_lowercase(),
+            enable_metrics: parse_bool(&get, "ENABLE_METRICS", true)?,
+            slow_query_ms: parse_value(&get, "SLOW_QUERY_MS", "500")?,
+            http_warn_ms: parse_value(&get, "HTTP_WARN_MS", "1000")?,
+            max_body_bytes: parse_value(&get, "MAX_BODY_BYTES", "10485760")?,
+            bootstrap_admin_email: get("BOOTSTRAP_ADMIN_EMAIL"),
+            bootstrap_admin_password: get("BOOTSTRAP_ADMIN_PASSWORD").map(SecretString::from),
+            worker_concurrency: parse_value::<usize>(&get, "WORKER_CONCURRENCY", "4")?.max(1),
+            worker_http_addr,
+            worker_poll_interval: Duration::from_millis(parse_value(
+                &get,
+                "WORKER_POLL_MS",
+                "100",
+            )?),
+            job_timeout: Duration::from_secs(parse_value(&get, "JOB_TIMEOUT_SECONDS", "120")?),
+            job_max_attempts: parse_value::<i32>(&get, "JOB_MAX_ATTEMPTS", "5")?.max(1),
+            render_fuel: parse_value(&get, "RENDER_FUEL", "5000000")?,
+            max_output_bytes: parse_value(&get, "MAX_OUTPUT_BYTES", "52428800")?,
+        })
+    }
+
+    /// Whether the database is SQLite (the embedded default).
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+
+    /// The JWT secret as bytes, for the token codec.
+    pub fn jwt_secret_bytes(&self) -> &[u8] {
+        self.jwt_secret_key.expose_secret().as_bytes()
+    }
+}
+
+fn parse_value<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: &str,
+) -> anyhow::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let raw = get(key).unwrap_or_else(|| default.to_owned());
+    raw.trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{key}={raw:?} is not valid: {e}"))
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: bool,
+) -> anyhow::Result<bool> {
+    match get(key).map(|v| v.trim().to_lowercase()) {
+        None => Ok(default),
+        Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+        Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+        Some(v) => bail!("{key}={v:?} is not a boolean (true or false)"),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: &str,
+) -> anyhow::Result<T> {
+    let raw = get(key).unwrap_or_else(|| default.to_owned());
+    serde_json::from_str(&raw).with_context(|| format!("{key} must be JSON, got {raw:?}"))
+}
+
+/// Reads `DATA_DIR/secrets.json`, creating it (mode 0600) with fresh random secrets the
+/// first time.
+fn load_or_generate_secrets(data_dir: &Path) -> anyhow::Result<GeneratedSecrets> {
+    let path = data_dir.join("secrets.json");
+    if let Ok(raw) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&raw)
+            .with_context(|| format!("{} is not a valid secrets file", path.display()));
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create DATA_DIR {}", data_dir.display()))?;
+    let secrets = GeneratedSecrets {
+        jwt_secret_key: random_secret(),
+        signature_kid: "k1".to_owned(),
+        signature_secret: random_secret(),
+    };
+    write_private_file(&path, &serde_json::to_vec_pretty(&secrets)?)?;
+    tracing::warn!(
+        path = %path.display(),
+        "no JWT_SECRET_KEY or SIGNATURE_KEYS configured: generated random secrets and kept them \
+         in a file only this user can read; set them explicitly in production"
+    );
+    Ok(secrets)
+}
+
+fn random_secret() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 48];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn production_without_secrets_refuses_to_start() {
+        let dir = tempdir();
+        let err = settings(&[
+            ("ENVIRONMENT", "production"),
+            ("DATA_DIR", dir.to_str().unwrap()),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("JWT_SECRET_KEY"), "{err}");
+        assert!(!dir.join("secrets.json").exists());
+    }
+
+    #[test]
+    fn embedded_mode_generates_private_secrets_once() {
+        let dir = tempdir();
+        let first = settings(&[("DATA_DIR", dir.to_str().unwrap())]).unwrap();
+        let second = settings(&[("DATA_DIR", dir.to_str().unwrap())]).unwrap();
+        assert_eq!(first.jwt_secret_bytes(), second.jwt_secret_bytes());
+        assert!(first.jwt_secret_bytes().len() >= 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("secrets.json"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn active_kid_must_exist() {
+        let err = settings(&[
+            ("JWT_SECRET_KEY", "x"),
+            ("SIGNATURE_KEYS", r#"{"a":"s1","b":"s2"}"#),
+            ("SIGNATURE_ACTIVE_KID", "c"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("SIGNATURE_ACTIVE_KID"), "{err}");
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("monassurance-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,153 @@
+//! Logging and metrics.
+//!
+//! Logs go through `tracing`: human-readable by default, one JSON object per line with
+//! `LOG_JSON=true`. Metrics live in one prometheus-client registry per process, shared by
+//! the API and the in-process worker; routes are labelled by their template
+//! (`/api/v1/documents/{id}`), never by the raw path, so cardinality stays bounded.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::Settings;
+
+/// Installs the global tracing subscriber. Safe to call more than once (tests do).
+pub fn init_tracing(settings: &Settings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if settings.log_json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DocumentLabels {
+    pub format: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub format: String,
+    pub stage: String,
+}
+
+/// Every metric the API and the worker record.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram>,
+    pub documents: Family<DocumentLabels, Counter>,
+    pub document_stage: Family<StageLabels, Histogram>,
+    pub queue_depth: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
+        );
+        let documents = Family::<DocumentLabels, Counter>::default();
+        let document_stage = Family::<StageLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route template and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by method and route template",
+            http_duration.clone(),
+        );
+        registry.register(
+            "documents",
+            "Document jobs finished, by output format and outcome",
+            documents.clone(),
+        );
+        registry.register(
+            "document_stage_seconds",
+            "Time spent in each stage of a document job",
+            document_stage.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Documents waiting in the queue",
+            queue_depth.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            http_requests,
+            http_duration,
+            documents,
+            document_stage,
+            queue_depth,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts a finished document job.
+    pub fn document_finished(&self, format: &str, outcome: &str) {
+        self.documents
+            .get_or_create(&DocumentLabels {
+                format: format.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records the time one stage of a job took.
+    pub fn stage(&self, format: &str, stage: &str, seconds: f64) {
+        self.document_stage
+            .get_or_create(&StageLabels {
+                format: format.to_owned(),
+                stage: stage.to_owned(),
+            })
+            .observe(seconds);
+    }
+}
