@@ -1,1 +1,153 @@
-pub fn x() {}
+//! The MONASSURANCE HTTP API.
+//!
+//! # Layout
+//! - [`Application`]: builds the state, binds the listener (port 0 allowed, for tests) and
+//!   serves until a shutdown signal, optionally with the document worker in-process (the
+//!   embedded mode).
+//! - [`routes`]: one module per resource; a route's URL names its module.
+//! - [`extract`]: JSON/query/path extractors with the API's error shape, and
+//!   [`extract::AuthUser`].
+//! - [`middleware`]: request id, logging and metrics, security headers, JSON errors.
+//! - [`error`]: [`error::ApiError`], the one error type handlers return.
+//! - [`admin`]: creating the first admin (start-up bootstrap and the `create-admin`
+//!   command).
+
+pub mod admin;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use common::auth::TokenCodec;
+use common::queue::JobQueue;
+use common::signing::KeyRing;
+use common::storage::Storage;
+use common::telemetry::Metrics;
+use common::{Db, Settings};
+use tokio::net::TcpListener;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+
+/// What every handler can reach.
+pub struct AppInner {
+    pub settings: Settings,
+    pub db: Db,
+    pub queue: JobQueue,
+    pub storage: Storage,
+    pub tokens: TokenCodec,
+    pub keys: KeyRing,
+    pub metrics: Metrics,
+    /// `REQUEST_ID_HEADER`, parsed once.
+    pub request_id_header: HeaderName,
+    /// The security headers every answer carries, computed once.
+    pub security_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The shared application state.
+pub type AppState = Arc<AppInner>;
+
+/// A built, bound, not yet running application.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    embedded_worker: bool,
+}
+
+impl Application {
+    /// Connects to the database (migrating it), the queue and the object store, creates the
+    /// bootstrap admin if configured, and binds `BIND_ADDR`. With `embedded_worker`, the
+    /// document worker runs in this process too.
+    pub async fn build(settings: Settings, embedded_worker: bool) -> anyhow::Result<Application> {
+        let db = Db::connect(&settings).await?;
+        db.migrate().await?;
+        admin::bootstrap(&db, &settings).await?;
+        let queue = JobQueue::connect(&settings).await?;
+        let storage = Storage::open(&settings)?;
+        let listener = TcpListener::bind(settings.bind_addr)
+            .await
+            .with_context(|| format!("cannot listen on BIND_ADDR {}", settings.bind_addr))?;
+        let request_id_header = HeaderName::try_from(settings.request_id_header.as_str())
+            .context("REQUEST_ID_HEADER is not a valid header name")?;
+        let state = Arc::new(AppInner {
+            tokens: TokenCodec::new(&settings),
+            keys: KeyRing::new(&settings),
+            metrics: Metrics::new(),
+            security_headers: middleware::security_header_list(&settings)?,
+            request_id_header,
+            settings,
+            db,
+            queue,
+            storage,
+        });
+        Ok(Application {
+            listener,
+            state,
+            embedded_worker,
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The application state (tests use it to reach the database).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, finishes in-flight requests
+    /// and, in the embedded mode, drains the worker.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let worker = self.embedded_worker.then(|| {
+            let deps = Arc::new(worker::Deps {
+                settings: state.settings.clone(),
+                db: state.db.clone(),
+                storage: state.storage.clone(),
+                metrics: state.metrics.clone(),
+            });
+            let mut rx = stop_rx.clone();
+            tokio::spawn(worker::run(deps, state.queue.clone(), async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }))
+        });
+
+        let app = NormalizePathLayer::trim_trailing_slash().layer(routes::router(state.clone()));
+        let service =
+            axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+        tracing::info!(
+            addr = %self.listener.local_addr()?,
+            database = if state.settings.is_sqlite() { "sqlite" } else { "postgres" },
+            queue = state.queue.backend_name(),
+            embedded_worker = self.embedded_worker,
+            "MONASSURANCE API listening"
+        );
+        let mut rx = stop_rx;
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        });
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+        server.await.context("the HTTP server failed")?;
+        if let Some(worker) = worker {
+            worker.await.context("the worker task panicked")??;
+        }
+        state.db.close().await;
+        Ok(())
+    }
+}

@@ -44,8 +44,7 @@ pub enum JobQueue {
         listener: Arc<Mutex<Option<HookCallbackListener>>>,
     },
     Redis {
-        storage: RedisStorage<RenderJob>,
-        config: apalis_redis::Config,
+        storage: Box<RedisStorage<RenderJob>>,
         conn: apalis_redis::ConnectionManager,
     },
 }
@@ -61,12 +60,8 @@ impl JobQueue {
                 .queue(&settings.queue_name)
                 .heartbeat_interval(REDIS_HEARTBEAT)
                 .missed_heartbeats(REDIS_MISSED_HEARTBEATS);
-            let storage = RedisStorage::new(conn.clone()).with_config(config.clone());
-            Ok(JobQueue::Redis {
-                storage,
-                config,
-                conn,
-            })
+            let storage = Box::new(RedisStorage::new(conn.clone()).with_config(config));
+            Ok(JobQueue::Redis { storage, conn })
         } else {
             let url = sqlite_url_creating_file(&settings.queue_database_url)?;
             let (pool, listener) = SqliteStorage::connect_with_callback(&url)

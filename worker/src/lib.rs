@@ -95,7 +95,7 @@ pub async fn run(
             })
         }
         JobQueue::Redis { storage, .. } => monitor.register(move |_restarts| {
-            let backend: RedisStorage<RenderJob> = storage.clone();
+            let backend: RedisStorage<RenderJob> = (*storage).clone();
             WorkerBuilder::new(name.clone())
                 .backend(backend.poll_with_strategy(Strategy::new().interval(poll)))
                 .concurrency(concurrency)

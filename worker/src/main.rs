@@ -47,29 +47,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/metrics", get(move || async move { metrics.encode() }));
     tokio::spawn(async move { axum::serve(listener, http).await });
 
-    run(deps.clone(), queue, shutdown_signal()).await?;
+    run(deps.clone(), queue, common::shutdown_signal()).await?;
     deps.db.close().await;
     Ok(())
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -67,6 +67,14 @@ pub fn render_html(
     Ok(output)
 }
 
+/// Parses a template without rendering it, to refuse broken content when it is saved.
+pub fn check_syntax(source: &str) -> Result<(), RenderError> {
+    let env = Environment::new();
+    env.template_from_str(source)
+        .map(|_| ())
+        .map_err(|e| RenderError::Syntax(describe(&e)))
+}
+
 /// One line a person can act on: what went wrong and on which line.
 fn describe(err: &minijinja::Error) -> String {
     let detail = err

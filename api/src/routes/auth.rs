@@ -1,0 +1,403 @@
+//! `/api/v1/auth`: registration, login, refresh with rotation and reuse detection, logout,
+//! revocation, the caller's profile and their devices (sessions).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use common::auth::{
+    dummy_password_hash, hash_password, new_refresh_token, refresh_token_hash, verify_password,
+};
+use common::db::DbError;
+use common::db::audit::AuditEvent;
+use common::db::sessions::{ClientInfo, RotateOutcome};
+use common::db::users::NewUser;
+use common::model::{Role, Session, User};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AuthUser, Json, Path, RequestMeta};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/register", post(register))
+        .route("/login", post(login))
+        .route("/refresh", post(refresh))
+        .route("/logout", post(logout))
+        .route("/revoke", post(logout))
+        .route("/revoke-all", post(revoke_all))
+        .route("/me", get(me))
+        .route("/devices", get(devices))
+        .route("/devices/{id}", delete(delete_device))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    email: String,
+    password: String,
+    full_name: Option<String>,
+    role: Option<Role>,
+    #[allow(dead_code)]
+    is_active: Option<bool>,
+}
+
+/// The public view of a user.
+#[derive(Serialize)]
+pub struct UserOut {
+    id: Uuid,
+    email: String,
+    full_name: Option<String>,
+    role: Role,
+    is_active: bool,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<User> for UserOut {
+    fn from(u: User) -> Self {
+        UserOut {
+            id: u.id,
+            email: u.email,
+            full_name: u.full_name,
+            role: u.role,
+            is_active: u.is_active,
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// A deliberately simple check: one `@`, something on each side, a dot in the domain, no
+/// spaces. Deliverability is the mail server's business.
+pub fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    email.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !email.chars().any(char::is_whitespace)
+}
+
+async fn register(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<RegisterBody>,
+) -> ApiResult<impl IntoResponse> {
+    if body.role.is_some_and(|r| r != Role::Agent) {
+        return Err(ApiError::forbidden(
+            "role_not_allowed",
+            "Registration creates agents; an admin creates other roles through /api/v1/users.",
+        ));
+    }
+    let email = body.email.trim();
+    if !valid_email(email) {
+        return Err(ApiError::invalid("email", "is not a valid email address"));
+    }
+    let min = state.settings.password_min_length;
+    if body.password.chars().count() < min {
+        return Err(ApiError::invalid(
+            "password",
+            format!("must be at least {min} characters long"),
+        ));
+    }
+    let full_name = body
+        .full_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    if full_name.is_some_and(|n| n.chars().count() > 255) {
+        return Err(ApiError::invalid(
+            "full_name",
+            "must be at most 255 characters long",
+        ));
+    }
+    let hash = hash_password(body.password).await?;
+    let user = state
+        .db
+        .users()
+        .create(NewUser {
+            email,
+            full_name,
+            hashed_password: &hash,
+            role: Role::Agent,
+            is_active: true,
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::Conflict(_) => {
+                ApiError::conflict("email_taken", "This email is already registered.")
+            }
+            other => other.into(),
+        })?;
+    audit(
+        &state,
+        &meta,
+        Some(user.id),
+        "user_created",
+        Some(user.id),
+        None,
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(UserOut::from(user))))
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    email: String,
+    password: String,
+    device_label: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<LoginBody>,
+) -> ApiResult<Json<TokenPair>> {
+    let user = state.db.users().find_by_email(body.email.trim()).await?;
+    // Unknown emails cost a hash check too, so timing does not tell which emails exist.
+    let hash = user
+        .as_ref()
+        .map(|u| u.hashed_password.clone())
+        .unwrap_or_else(|| dummy_password_hash().to_owned());
+    let password_ok = verify_password(body.password, hash).await?;
+    let Some(user) = user.filter(|_| password_ok) else {
+        let metadata = serde_json::json!({"email": body.email.trim().to_lowercase()});
+        audit(&state, &meta, None, "login_failed", None, Some(metadata)).await;
+        return Err(ApiError::unauthorized("Incorrect email or password."));
+    };
+    if !user.is_active {
+        audit(
+            &state,
+            &meta,
+            Some(user.id),
+            "login_failed",
+            Some(user.id),
+            Some(serde_json::json!({"reason": "disabled"})),
+        )
+        .await;
+        return Err(ApiError::forbidden(
+            "account_disabled",
+            "This account is disabled.",
+        ));
+    }
+    let client = ClientInfo {
+        device_label: Some(
+            body.device_label
+                .map(|l| l.chars().take(100).collect())
+                .unwrap_or_else(|| "login".to_owned()),
+        ),
+        ip_address: meta.ip_address.clone(),
+        user_agent: meta.user_agent.clone(),
+    };
+    let refresh_token = new_refresh_token();
+    let session_id = state
+        .db
+        .sessions()
+        .open(
+            user.id,
+            &refresh_token_hash(&refresh_token),
+            refresh_expiry(&state),
+            &client,
+        )
+        .await?;
+    audit(&state, &meta, Some(user.id), "login", Some(user.id), None).await;
+    Ok(Json(token_pair(&state, &user, session_id, refresh_token)?))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<RefreshBody>,
+) -> ApiResult<Json<TokenPair>> {
+    let invalid = || ApiError::unauthorized("The refresh token is invalid, expired or revoked.");
+    let new_token = new_refresh_token();
+    let client = ClientInfo {
+        device_label: None,
+        ip_address: meta.ip_address.clone(),
+        user_agent: meta.user_agent.clone(),
+    };
+    let outcome = state
+        .db
+        .sessions()
+        .rotate(
+            &refresh_token_hash(&body.refresh_token),
+            &refresh_token_hash(&new_token),
+            refresh_expiry(&state),
+            &client,
+        )
+        .await?;
+    match outcome {
+        RotateOutcome::Rotated {
+            user_id,
+            session_id,
+        } => {
+            let user = state
+                .db
+                .users()
+                .find_by_id(user_id)
+                .await?
+                .ok_or_else(invalid)?;
+            if !user.is_active {
+                state.db.sessions().revoke(user.id, session_id).await?;
+                return Err(invalid());
+            }
+            audit(&state, &meta, Some(user.id), "refresh", Some(user.id), None).await;
+            Ok(Json(token_pair(&state, &user, session_id, new_token)?))
+        }
+        RotateOutcome::ReuseDetected {
+            user_id,
+            session_id,
+        } => {
+            tracing::warn!(%user_id, %session_id, "refresh token reused: session revoked");
+            let metadata = serde_json::json!({"session_id": session_id});
+            audit(
+                &state,
+                &meta,
+                Some(user_id),
+                "refresh_reuse_detected",
+                Some(user_id),
+                Some(metadata),
+            )
+            .await;
+            Err(invalid())
+        }
+        RotateOutcome::Invalid => Err(invalid()),
+    }
+}
+
+/// Logout and revoke: owning the refresh token is the proof; always 204 so the answer
+/// does not tell whether a token existed.
+async fn logout(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<RefreshBody>,
+) -> ApiResult<StatusCode> {
+    if let Some((user_id, session_id)) = state
+        .db
+        .sessions()
+        .revoke_by_token(&refresh_token_hash(&body.refresh_token))
+        .await?
+    {
+        let metadata = serde_json::json!({"session_id": session_id});
+        audit(
+            &state,
+            &meta,
+            Some(user_id),
+            "logout",
+            Some(user_id),
+            Some(metadata),
+        )
+        .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_all(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    user: AuthUser,
+) -> ApiResult<StatusCode> {
+    let count = state.db.sessions().revoke_all(user.id()).await?;
+    let metadata = serde_json::json!({"sessions": count});
+    audit(
+        &state,
+        &meta,
+        Some(user.id()),
+        "revoke_all",
+        Some(user.id()),
+        Some(metadata),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(user: AuthUser) -> Json<UserOut> {
+    Json(UserOut::from(user.user))
+}
+
+async fn devices(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Vec<Session>>> {
+    Ok(Json(state.db.sessions().list_open(user.id()).await?))
+}
+
+async fn delete_device(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
+    if !state.db.sessions().revoke(user.id(), id).await? {
+        return Err(ApiError::not_found("Device not found."));
+    }
+    let metadata = serde_json::json!({"session_id": id});
+    audit(
+        &state,
+        &meta,
+        Some(user.id()),
+        "device_revoked",
+        Some(user.id()),
+        Some(metadata),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn refresh_expiry(state: &AppState) -> chrono::DateTime<chrono::Utc> {
+    common::now() + state.settings.refresh_token_ttl
+}
+
+fn token_pair(
+    state: &AppState,
+    user: &User,
+    session_id: Uuid,
+    refresh_token: String,
+) -> ApiResult<TokenPair> {
+    Ok(TokenPair {
+        access_token: state.tokens.issue(user.id, user.role, session_id)?,
+        refresh_token,
+        token_type: "bearer",
+        expires_in: state.tokens.ttl().as_secs(),
+    })
+}
+
+/// Records a user-related event. An audit failure is logged, never shown to the client.
+async fn audit(
+    state: &AppState,
+    meta: &RequestMeta,
+    user_id: Option<Uuid>,
+    action: &'static str,
+    object_id: Option<Uuid>,
+    metadata: Option<serde_json::Value>,
+) {
+    crate::routes::record(
+        state,
+        meta,
+        AuditEvent {
+            user_id,
+            action,
+            object_type: Some("user"),
+            object_id: object_id.map(|id| id.to_string()),
+            metadata,
+            ..Default::default()
+        },
+    )
+    .await;
+}
