@@ -46,6 +46,8 @@ pub struct AppInner {
     pub metrics: Metrics,
     /// `REQUEST_ID_HEADER`, parsed once.
     pub request_id_header: HeaderName,
+    /// `PUBLIC_BASE_URL`, or `http://` and the bound address.
+    pub public_base_url: String,
     /// The security headers every answer carries, computed once.
     pub security_headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -75,7 +77,12 @@ impl Application {
             .with_context(|| format!("cannot listen on BIND_ADDR {}", settings.bind_addr))?;
         let request_id_header = HeaderName::try_from(settings.request_id_header.as_str())
             .context("REQUEST_ID_HEADER is not a valid header name")?;
+        let public_base_url = match &settings.public_base_url {
+            Some(url) => url.clone(),
+            None => format!("http://{}", listener.local_addr()?),
+        };
         let state = Arc::new(AppInner {
+            public_base_url,
             tokens: TokenCodec::new(&settings),
             keys: KeyRing::new(&settings),
             metrics: Metrics::new(),

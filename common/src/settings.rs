@@ -40,8 +40,8 @@ pub struct Settings {
     /// `BIND_ADDR`: where the API listens.
     pub bind_addr: SocketAddr,
     /// `PUBLIC_BASE_URL`: the scheme and host clients reach the API at; signed links are
-    /// built on it. Defaults to `http://BIND_ADDR`.
-    pub public_base_url: String,
+    /// built on it. When unset, the API uses `http://` and the address it is bound to.
+    pub public_base_url: Option<String>,
     /// `DATA_DIR`: every file of the embedded mode lives here.
     pub data_dir: PathBuf,
     /// `DATABASE_URL`: `postgres://…` or `sqlite://…`.
@@ -151,10 +151,8 @@ impl Settings {
             other => bail!("ENVIRONMENT must be development, test or production, not {other:?}"),
         };
         let bind_addr: SocketAddr = parse_value(&get, "BIND_ADDR", "127.0.0.1:8000")?;
-        let public_base_url = get("PUBLIC_BASE_URL")
-            .unwrap_or_else(|| format!("http://{bind_addr}"))
-            .trim_end_matches('/')
-            .to_owned();
+        let public_base_url =
+            get("PUBLIC_BASE_URL").map(|url| url.trim_end_matches('/').to_owned());
         let data_dir = PathBuf::from(parse("DATA_DIR", "./data")?);
         let database_url = get("DATABASE_URL")
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("monassurance.db").display()));

@@ -290,7 +290,7 @@ async fn signed_url(
     let sig = state.keys.sign(doc.id, exp);
     let url = format!(
         "{}/api/v1/documents/{}/download?exp={exp}&sig={sig}",
-        state.settings.public_base_url, doc.id
+        state.public_base_url, doc.id
     );
     Ok(Json(SignedUrl { url, expires_at }))
 }

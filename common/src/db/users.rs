@@ -103,4 +103,16 @@ impl Users<'_> {
             .await)
         .db()
     }
+
+    /// Activates or deactivates an account; false when the user does not exist.
+    pub async fn set_active(&self, id: Uuid, is_active: bool) -> DbResult<bool> {
+        on_db!(self.0, pool => sqlx::query("UPDATE users SET is_active = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(is_active)
+            .bind(crate::now())
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected() == 1))
+        .db()
+    }
 }

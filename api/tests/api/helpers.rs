@@ -1,0 +1,326 @@
+//! Starting the real application for a test, on either deployment.
+//!
+//! - `Backend::Sqlite`: the embedded default. SQLite data and queue files in a fresh
+//!   temporary directory, the worker in-process.
+//! - `Backend::PostgresRedis`: a fresh Postgres database per test (created on the server
+//!   `TEST_DATABASE_URL` points at), Redis at `TEST_REDIS_URL` with a queue name of the
+//!   test's own, and a real `monassurance-worker` process rendering the documents.
+//!
+//! The second runs only when both variables are set. `scripts/test` always sets them and
+//! also sets `MONASSURANCE_REQUIRE_SERVICES=1`, which turns a missing variable into a
+//! failure instead of a skip, so CI cannot pass without the Postgres + Redis suite.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use monassurance_api::{AppState, Application};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+pub const JWT_SECRET: &str = "integration-test-jwt-secret-0123456789abcdef";
+pub const SIGNATURE_KEYS: &str = r#"{"old":"old-link-secret","k1":"integration-test-link-secret"}"#;
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "admin-password-123";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    PostgresRedis,
+}
+
+/// A running application and a client for it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub backend: Backend,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _worker: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+/// Runs one scenario against each deployment: `mod name { sqlite, postgres_redis }`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite, &[]).await;
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() {
+                    if !$crate::helpers::services_configured() {
+                        return;
+                    }
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::PostgresRedis, &[]).await;
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+            }
+        )+
+    };
+}
+
+/// Whether `TEST_DATABASE_URL` and `TEST_REDIS_URL` are set; panics when they are not but
+/// `MONASSURANCE_REQUIRE_SERVICES=1` says they must be.
+pub fn services_configured() -> bool {
+    let configured =
+        std::env::var("TEST_DATABASE_URL").is_ok() && std::env::var("TEST_REDIS_URL").is_ok();
+    if !configured {
+        if std::env::var("MONASSURANCE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+            panic!(
+                "MONASSURANCE_REQUIRE_SERVICES=1 but TEST_DATABASE_URL or TEST_REDIS_URL is not set"
+            );
+        }
+        eprintln!(
+            "skipping the Postgres + Redis variant: TEST_DATABASE_URL / TEST_REDIS_URL not set"
+        );
+    }
+    configured
+}
+
+/// Starts the application with the test configuration plus `overrides`.
+pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let mut env: HashMap<String, String> = [
+        ("ENVIRONMENT", "test"),
+        ("BIND_ADDR", "127.0.0.1:0"),
+        ("DATA_DIR", data_dir.as_str()),
+        ("JWT_SECRET_KEY", JWT_SECRET),
+        ("SIGNATURE_KEYS", SIGNATURE_KEYS),
+        ("SIGNATURE_ACTIVE_KID", "k1"),
+        ("BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL),
+        ("BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("LOG_LEVEL", "warn"),
+        ("WORKER_POLL_MS", "20"),
+        ("DATABASE_MAX_CONNECTIONS", "5"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if backend == Backend::PostgresRedis {
+        env.insert("DATABASE_URL".into(), fresh_postgres_database().await);
+        env.insert("REDIS_URL".into(), std::env::var("TEST_REDIS_URL").unwrap());
+        env.insert(
+            "QUEUE_NAME".into(),
+            format!("test-{}", uuid::Uuid::new_v4().simple()),
+        );
+        env.insert("WORKER_HTTP_ADDR".into(), "127.0.0.1:0".into());
+    }
+    for (k, v) in overrides {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let settings = common::Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings");
+    common::telemetry::init_tracing(&settings);
+
+    let app = Application::build(settings, backend == Backend::Sqlite)
+        .await
+        .expect("the application starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let worker = (backend == Backend::PostgresRedis).then(|| spawn_worker_process(&env));
+
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        state,
+        backend,
+        stop: Some(stop),
+        server: Some(server),
+        _worker: worker,
+        _dir: dir,
+    }
+}
+
+/// The `monassurance-worker` binary next to this test binary's directory.
+pub fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join("monassurance-worker");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, which scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+fn spawn_worker_process(env: &HashMap<String, String>) -> Child {
+    Command::new(worker_binary())
+        .env_clear()
+        .envs(env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the worker process starts")
+}
+
+async fn fresh_postgres_database() -> String {
+    use sqlx::Executor;
+    let base = std::env::var("TEST_DATABASE_URL").unwrap();
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("TEST_DATABASE_URL is reachable");
+    let name = format!("mona_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create the test database");
+    admin.close().await;
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .expect("TEST_DATABASE_URL ends with /<database>");
+    format!("{prefix}/{name}")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Stops the server (and the embedded worker) and waits for the drain.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("clean shutdown");
+        }
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut req = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.delete(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// Registers an agent and returns its login answer.
+    pub async fn register_and_login(&self, email: &str) -> Tokens {
+        let res = self
+            .post_json(
+                "/api/v1/auth/register",
+                None,
+                &json!({"email": email, "password": "password-123"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "register {email}");
+        self.login(email, "password-123").await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Tokens {
+        let res = self
+            .post_json(
+                "/api/v1/auth/login",
+                None,
+                &json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "login {email}");
+        res.json().await.unwrap()
+    }
+
+    pub async fn admin(&self) -> Tokens {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Creates an HTML template (as the admin) and returns its JSON.
+    pub async fn create_template(&self, admin: &str, name: &str, content: &str) -> Value {
+        let res = self
+            .post_json(
+                "/api/v1/templates",
+                Some(admin),
+                &json!({"name": name, "type": "attestation", "format": "html", "content": content}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json().await.unwrap()
+    }
+
+    /// Asks for a document and returns the 202 answer's JSON.
+    pub async fn generate(&self, token: &str, body: &Value) -> Value {
+        let res = self
+            .post_json("/api/v1/documents/generate", Some(token), body)
+            .await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED, "generate");
+        res.json().await.unwrap()
+    }
+
+    /// Polls a document's status, as clients do, until it is ready or failed.
+    pub async fn wait_for_document(&self, token: &str, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let doc: Value = self
+                .get(&format!("/api/v1/documents/{id}"), Some(token))
+                .await
+                .json()
+                .await
+                .unwrap();
+            match doc["status"].as_str() {
+                Some("ready") | Some("failed") => return doc,
+                Some("queued") | Some("processing") => {}
+                other => panic!("unexpected status {other:?}: {doc}"),
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "document {id} never finished: {doc}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+}
+
+/// The JSON error body's `code`, asserting the `detail` is there.
+pub async fn error_code(res: reqwest::Response) -> String {
+    let body: Value = res.json().await.expect("a JSON error body");
+    assert!(body["detail"].is_string(), "error without detail: {body}");
+    body["code"].as_str().unwrap_or_default().to_owned()
+}

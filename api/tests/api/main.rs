@@ -1,0 +1,9 @@
+//! Integration tests: the real application, on the embedded default and on Postgres +
+//! Redis with a separate worker process. One binary, one module per area.
+
+mod helpers;
+
+mod auth;
+mod documents;
+mod ops;
+mod templates;
