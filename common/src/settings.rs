@@ -254,8 +254,12 @@ impl Settings {
             cors_allow_headers: parse_json(&get, "CORS_ALLOW_HEADERS", r#"["*"]"#)?,
             security_hsts: parse_bool(&get, "SECURITY_HSTS", false)?,
             security_csp: get("SECURITY_CSP"),
-            security_frame_options: Some(parse("SECURITY_FRAME_OPTIONS", "DENY")?),
-            security_referrer_policy: Some(parse("SECURITY_REFERRER_POLICY", "no-referrer")?),
+            security_frame_options: header_setting(&lookup, "SECURITY_FRAME_OPTIONS", "DENY"),
+            security_referrer_policy: header_setting(
+                &lookup,
+                "SECURITY_REFERRER_POLICY",
+                "no-referrer",
+            ),
             log_json: parse_bool(&get, "LOG_JSON", false)?,
             log_level: parse("LOG_LEVEL", "info")?,
             request_id_header: parse("REQUEST_ID_HEADER", "X-Request-ID")?.to_lowercase(),
@@ -287,6 +291,19 @@ impl Settings {
     /// The JWT secret as bytes, for the token codec.
     pub fn jwt_secret_bytes(&self) -> &[u8] {
         self.jwt_secret_key.expose_secret().as_bytes()
+    }
+}
+
+/// A header setting with a default, where an explicitly empty value turns the header off.
+fn header_setting(
+    lookup: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: &str,
+) -> Option<String> {
+    match lookup(key) {
+        Some(value) if value.trim().is_empty() => None,
+        Some(value) => Some(value.trim().to_owned()),
+        None => Some(default.to_owned()),
     }
 }
 

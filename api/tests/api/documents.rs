@@ -2,7 +2,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{SIGNATURE_KEYS, TestApp, error_code};
+use crate::helpers::{Backend, SIGNATURE_KEYS, TestApp, error_code};
 use crate::on_both_backends;
 
 on_both_backends!(

@@ -132,7 +132,9 @@ pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp 
     let server = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    let worker = (backend == Backend::PostgresRedis).then(|| spawn_worker_process(&env));
+    let worker_log = dir.path().join("worker.log");
+    let worker =
+        (backend == Backend::PostgresRedis).then(|| spawn_worker_process(&env, &worker_log));
 
     TestApp {
         address,
@@ -162,13 +164,17 @@ pub fn worker_binary() -> PathBuf {
     path
 }
 
-fn spawn_worker_process(env: &HashMap<String, String>) -> Child {
+/// Starts `monassurance-worker` with the API's configuration, logging JSON to `log`.
+fn spawn_worker_process(env: &HashMap<String, String>, log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).expect("worker log file");
     Command::new(worker_binary())
         .env_clear()
         .envs(env)
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LOG_LEVEL", "info")
+        .env("LOG_JSON", "true")
         .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
+        .stdout(log)
         .spawn()
         .expect("the worker process starts")
 }
@@ -192,6 +198,11 @@ async fn fresh_postgres_database() -> String {
 }
 
 impl TestApp {
+    /// What the worker process has logged so far (Postgres + Redis only).
+    pub fn worker_log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("worker.log")).unwrap_or_default()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
