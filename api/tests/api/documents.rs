@@ -56,6 +56,16 @@ async fn generate_poll_sign_and_download(app: &TestApp) {
     assert_eq!(doc["mime_type"], "text/html; charset=utf-8");
     assert!(doc["started_at"].is_string() && doc["finished_at"].is_string());
 
+    if app.backend == Backend::PostgresRedis {
+        let log = app.worker_log();
+        assert!(
+            log.lines().any(|line| line.contains("tour-42")
+                && line.contains(id)
+                && line.contains("document ready")),
+            "the worker process logs the API's request id with the job:\n{log}"
+        );
+    }
+
     let res = app
         .post_json(
             &format!("/api/v1/documents/{id}/signed-url?ttl_seconds=120"),
