@@ -35,14 +35,11 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RegisterBody {
     email: String,
     password: String,
     full_name: Option<String>,
     role: Option<Role>,
-    #[allow(dead_code)]
-    is_active: Option<bool>,
 }
 
 /// The public view of a user.

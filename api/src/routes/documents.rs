@@ -36,7 +36,6 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct GenerateBody {
     document_type: String,
     template_id: Option<Uuid>,

@@ -8,6 +8,8 @@ pub mod templates;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method};
+use axum::response::IntoResponse;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
@@ -24,6 +26,11 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .fallback(|| async { ApiError::not_found("Not found.") })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
+            },
+        ))
         .layer(axum::middleware::from_fn(middleware::json_errors))
         .layer(cors(&state.settings))
         .layer(axum::middleware::from_fn_with_state(

@@ -26,7 +26,6 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CreateBody {
     name: String,
     #[serde(rename = "type", default = "default_type")]
@@ -56,7 +55,6 @@ fn default_true() -> bool {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PatchBody {
     name: Option<String>,
     #[serde(rename = "type")]
@@ -68,7 +66,6 @@ struct PatchBody {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VersionBody {
     content: String,
 }
