@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod db;
+pub mod envelope;
 pub mod model;
 pub mod queue;
 pub mod settings;

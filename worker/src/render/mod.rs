@@ -5,6 +5,9 @@
 //! prints as text. Every render gets a fuel budget: a runaway loop runs out of fuel and
 //! fails its job with a readable reason instead of spinning a worker forever.
 
+pub mod pdf;
+pub mod xlsx;
+
 use minijinja::{AutoEscape, Environment, ErrorKind, Value};
 
 /// Shown when a request names no template: every `inline_context` entry as a table row.

@@ -1,0 +1,1 @@
+//! HTML → PDF with a pool of warm wkhtmltopdf processes.
