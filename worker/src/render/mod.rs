@@ -1,4 +1,5 @@
-//! Turning a template and a context into document bytes.
+//! Turning a template and a context into document bytes: HTML here, PDF in [`pdf`],
+//! XLSX in [`xlsx`].
 //!
 //! Templates are minijinja (Jinja2 syntax, as the original product used). HTML output is
 //! auto-escaped whatever the template's name, so a client's name containing `<script>`
@@ -37,6 +38,8 @@ pub enum RenderError {
     OutOfFuel,
     #[error("template error: {0}")]
     Runtime(String),
+    #[error("invalid sheet spec: {0}")]
+    InvalidSpec(String),
     #[error("the rendered document is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
 }
