@@ -50,6 +50,27 @@ pub struct AppInner {
     pub public_base_url: String,
     /// The security headers every answer carries, computed once.
     pub security_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The number of queued documents, recounted at most every [`QUEUED_COUNT_TTL`] so
+    /// backpressure costs one count per interval, not one per request.
+    queued: tokio::sync::Mutex<Option<(std::time::Instant, i64)>>,
+}
+
+/// How stale the backpressure count may be.
+const QUEUED_COUNT_TTL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl AppInner {
+    /// The number of documents waiting in `queued`, at most [`QUEUED_COUNT_TTL`] old.
+    pub async fn queued_count(&self) -> Result<i64, common::db::DbError> {
+        let mut cached = self.queued.lock().await;
+        match *cached {
+            Some((counted_at, count)) if counted_at.elapsed() < QUEUED_COUNT_TTL => Ok(count),
+            _ => {
+                let count = self.db.documents().count_queued().await?;
+                *cached = Some((std::time::Instant::now(), count));
+                Ok(count)
+            }
+        }
+    }
 }
 
 /// The shared application state.
@@ -88,6 +109,7 @@ impl Application {
             metrics: Metrics::new(),
             security_headers: middleware::security_header_list(&settings)?,
             request_id_header,
+            queued: tokio::sync::Mutex::new(None),
             settings,
             db,
             queue,
@@ -124,9 +146,10 @@ impl Application {
                 db: state.db.clone(),
                 storage: state.storage.clone(),
                 metrics: state.metrics.clone(),
+                queue: state.queue.clone(),
             });
             let mut rx = stop_rx.clone();
-            tokio::spawn(worker::run(deps, state.queue.clone(), async move {
+            tokio::spawn(worker::run(deps, async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             }))
         });

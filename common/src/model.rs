@@ -211,6 +211,10 @@ pub struct Document {
     pub timings: Option<Json<Timings>>,
     #[serde(skip)]
     pub request_id: Option<String>,
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
+    #[serde(skip)]
+    pub request_hash: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

@@ -83,8 +83,17 @@ impl JobQueue {
 
     /// Enqueues a render job under a fresh task id, which is returned for the logs.
     pub async fn push(&self, job: RenderJob) -> anyhow::Result<TaskId> {
+        self.push_after(job, Duration::ZERO).await
+    }
+
+    /// Enqueues a render job to run no sooner than `delay` from now (retry backoff).
+    pub async fn push_after(&self, job: RenderJob, delay: Duration) -> anyhow::Result<TaskId> {
         let id = TaskId::from_ulid(ulid::Ulid::generate());
-        let task = TaskBuilder::new(job).task_id(id.clone()).build();
+        let mut builder = TaskBuilder::new(job).task_id(id.clone());
+        if !delay.is_zero() {
+            builder = builder.run_after(delay);
+        }
+        let task = builder.build();
         match self {
             JobQueue::Sqlite { pool, config, .. } => {
                 let mut storage = SqliteStorage::<RenderJob>::new(pool).with_config(config.clone());

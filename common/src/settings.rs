@@ -54,8 +54,29 @@ pub struct Settings {
     pub queue_database_url: String,
     /// `QUEUE_NAME`: the queue's name (a key prefix on Redis).
     pub queue_name: String,
-    /// `STORAGE_DIR`: the directory that holds rendered documents.
+    /// `STORAGE_DIR`: the directory that holds rendered documents when `STORAGE_URL` is unset.
     pub storage_dir: PathBuf,
+    /// `STORAGE_URL`: `s3://bucket[/prefix]` to keep documents in S3-compatible storage.
+    pub storage_url: Option<String>,
+    /// `S3_ENDPOINT` (or `AWS_ENDPOINT_URL`): a non-AWS S3 server, path-style addressing.
+    pub s3_endpoint: Option<String>,
+    /// `S3_REGION` (or `AWS_REGION`).
+    pub s3_region: String,
+    /// `S3_ACCESS_KEY_ID` / `S3_SECRET_ACCESS_KEY` (or the `AWS_` names).
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<SecretString>,
+    /// `SIGNED_URL_MODE`: `api` (links to the API, every document) or `s3` (presigned S3
+    /// GETs for documents stored neither compressed nor encrypted).
+    pub signed_url_mode: SignedUrlMode,
+    /// `ENCRYPTION_KEYS`: JSON map key id → base64 32-byte AES key, for documents at rest.
+    pub encryption_keys: BTreeMap<String, SecretString>,
+    /// `ENCRYPTION_ACTIVE_KID`: the key new documents are encrypted with.
+    pub encryption_active_kid: Option<String>,
+    /// `DEFAULT_COMPRESS` / `DEFAULT_ENCRYPT`: applied when a request does not say.
+    pub default_compress: bool,
+    pub default_encrypt: bool,
+    /// `MAX_QUEUED_DOCUMENTS`: past this many waiting documents, generate answers 503.
+    pub max_queued_documents: i64,
     /// `JWT_SECRET_KEY`.
     pub jwt_secret_key: SecretString,
     /// `JWT_ALGORITHM`: HS256, HS384 or HS512; tokens signed otherwise are refused.
@@ -111,6 +132,28 @@ pub struct Settings {
     pub worker_poll_interval: Duration,
     /// `JOB_TIMEOUT_SECONDS`: the longest one render may take.
     pub job_timeout: Duration,
+    /// `QUEUED_LEASE_SECONDS`: how long a queued document may wait before the reconciler
+    /// assumes its job was lost and enqueues it again.
+    pub queued_lease: Duration,
+    /// `RECONCILE_INTERVAL_MS`: how often a worker looks for lost jobs.
+    pub reconcile_interval: Duration,
+    /// `JOB_RETRY_BASE_MS` / `JOB_RETRY_MAX_MS`: exponential backoff between attempts after
+    /// a transient failure.
+    pub job_retry_base: Duration,
+    pub job_retry_max: Duration,
+    /// `DRAIN_TIMEOUT_SECONDS`: how long in-flight jobs may run after SIGTERM.
+    pub drain_timeout: Duration,
+    /// `WKHTMLTOPDF_PATH`, `PDF_CONCURRENCY` (warm engines per worker),
+    /// `PDF_MAX_JOBS_PER_PROCESS` (recycling), `PDF_TIMEOUT_SECONDS`.
+    pub wkhtmltopdf_path: PathBuf,
+    pub pdf_concurrency: usize,
+    pub pdf_max_jobs_per_process: u32,
+    pub pdf_timeout: Duration,
+    /// `DOCUMENT_RETENTION_DAYS`: documents older than this are deleted; unset keeps them.
+    pub document_retention_days: Option<u32>,
+    /// `MAINTENANCE_INTERVAL_SECONDS`: how often a worker purges orphans and applies
+    /// retention.
+    pub maintenance_interval: Duration,
     /// `JOB_MAX_ATTEMPTS`: attempts after which a transient failure (storage, database) fails
     /// the document for good.
     pub job_max_attempts: i32,
@@ -121,12 +164,22 @@ pub struct Settings {
     pub max_output_bytes: usize,
 }
 
+/// Where signed links point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedUrlMode {
+    Api,
+    S3,
+}
+
 /// The secrets the embedded mode generates when none are configured.
 #[derive(Serialize, Deserialize)]
 struct GeneratedSecrets {
     jwt_secret_key: String,
     signature_kid: String,
     signature_secret: String,
+    /// Absent from files written before encryption at rest existed; added on next start.
+    #[serde(default)]
+    encryption_key: Option<String>,
 }
 
 impl Settings {
@@ -179,14 +232,32 @@ impl Settings {
         let mut signature_keys = signature_keys.unwrap_or_default();
         let mut signature_active_kid = get("SIGNATURE_ACTIVE_KID");
 
-        if jwt_secret.is_none() || signature_keys.is_empty() {
+        let encryption_keys: Option<BTreeMap<String, String>> = get("ENCRYPTION_KEYS")
+            .map(|raw| {
+                serde_json::from_str(&raw)
+                    .context("ENCRYPTION_KEYS must be a JSON object of key id to base64 key")
+            })
+            .transpose()?;
+        let mut encryption_keys = encryption_keys.unwrap_or_default();
+        let mut encryption_active_kid = get("ENCRYPTION_ACTIVE_KID");
+
+        if jwt_secret.is_none() || signature_keys.is_empty() || encryption_keys.is_empty() {
             if environment == Environment::Production {
                 bail!(
-                    "JWT_SECRET_KEY and SIGNATURE_KEYS must be set when ENVIRONMENT=production \
-                     (generate each secret with `openssl rand -base64 48`)"
+                    "JWT_SECRET_KEY, SIGNATURE_KEYS and ENCRYPTION_KEYS must be set when \
+                     ENVIRONMENT=production (generate each secret with `openssl rand -base64 48`, \
+                     each encryption key with `openssl rand -base64 32`)"
                 );
             }
             let generated = load_or_generate_secrets(&data_dir)?;
+            if encryption_keys.is_empty() {
+                let key = generated
+                    .encryption_key
+                    .clone()
+                    .expect("filled by load_or_generate");
+                encryption_keys.insert("e1".to_owned(), key);
+                encryption_active_kid.get_or_insert("e1".to_owned());
+            }
             if jwt_secret.is_none() {
                 jwt_secret = Some(generated.jwt_secret_key);
             }
@@ -215,6 +286,21 @@ impl Settings {
         }
 
         let worker_http_addr = parse_value(&get, "WORKER_HTTP_ADDR", "127.0.0.1:8001")?;
+        let signed_url_mode = match parse("SIGNED_URL_MODE", "api")?.to_lowercase().as_str() {
+            "api" => SignedUrlMode::Api,
+            "s3" => SignedUrlMode::S3,
+            other => bail!("SIGNED_URL_MODE must be api or s3, not {other:?}"),
+        };
+        let storage_url = get("STORAGE_URL");
+        if let Some(url) = &storage_url
+            && !url.starts_with("s3://")
+        {
+            bail!("STORAGE_URL must start with s3:// (leave it unset to use STORAGE_DIR)");
+        }
+        if signed_url_mode == SignedUrlMode::S3 && storage_url.is_none() {
+            bail!("SIGNED_URL_MODE=s3 needs STORAGE_URL=s3://…");
+        }
+        let either = |a: &str, b: &str| get(a).or_else(|| get(b));
 
         Ok(Settings {
             environment,
@@ -226,6 +312,46 @@ impl Settings {
             queue_database_url,
             queue_name: parse("QUEUE_NAME", "monassurance-render")?,
             storage_dir,
+            storage_url,
+            s3_endpoint: either("S3_ENDPOINT", "AWS_ENDPOINT_URL"),
+            s3_region: either("S3_REGION", "AWS_REGION").unwrap_or_else(|| "us-east-1".to_owned()),
+            s3_access_key_id: either("S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+            s3_secret_access_key: either("S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+                .map(SecretString::from),
+            signed_url_mode,
+            encryption_keys: encryption_keys
+                .into_iter()
+                .map(|(kid, key)| (kid, SecretString::from(key)))
+                .collect(),
+            encryption_active_kid,
+            default_compress: parse_bool(&get, "DEFAULT_COMPRESS", false)?,
+            default_encrypt: parse_bool(&get, "DEFAULT_ENCRYPT", false)?,
+            max_queued_documents: parse_value(&get, "MAX_QUEUED_DOCUMENTS", "10000")?,
+            queued_lease: Duration::from_secs(parse_value(&get, "QUEUED_LEASE_SECONDS", "600")?),
+            reconcile_interval: Duration::from_millis(parse_value(
+                &get,
+                "RECONCILE_INTERVAL_MS",
+                "5000",
+            )?),
+            job_retry_base: Duration::from_millis(parse_value(&get, "JOB_RETRY_BASE_MS", "1000")?),
+            job_retry_max: Duration::from_millis(parse_value(&get, "JOB_RETRY_MAX_MS", "60000")?),
+            drain_timeout: Duration::from_secs(parse_value(&get, "DRAIN_TIMEOUT_SECONDS", "30")?),
+            wkhtmltopdf_path: PathBuf::from(parse("WKHTMLTOPDF_PATH", "wkhtmltopdf")?),
+            pdf_concurrency: parse_value::<usize>(&get, "PDF_CONCURRENCY", "2")?.max(1),
+            pdf_max_jobs_per_process: parse_value(&get, "PDF_MAX_JOBS_PER_PROCESS", "500")?,
+            pdf_timeout: Duration::from_secs(parse_value(&get, "PDF_TIMEOUT_SECONDS", "30")?),
+            document_retention_days: get("DOCUMENT_RETENTION_DAYS")
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .context("DOCUMENT_RETENTION_DAYS must be a whole number of days")
+                })
+                .transpose()?,
+            maintenance_interval: Duration::from_secs(parse_value(
+                &get,
+                "MAINTENANCE_INTERVAL_SECONDS",
+                "3600",
+            )?),
             data_dir,
             jwt_secret_key: SecretString::from(jwt_secret),
             jwt_algorithm,
@@ -349,8 +475,17 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 fn load_or_generate_secrets(data_dir: &Path) -> anyhow::Result<GeneratedSecrets> {
     let path = data_dir.join("secrets.json");
     if let Ok(raw) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&raw)
-            .with_context(|| format!("{} is not a valid secrets file", path.display()));
+        let mut secrets: GeneratedSecrets = serde_json::from_str(&raw)
+            .with_context(|| format!("{} is not a valid secrets file", path.display()))?;
+        if secrets.encryption_key.is_none() {
+            secrets.encryption_key = Some(random_key_base64());
+            let tmp = path.with_extension("json.new");
+            let _ = std::fs::remove_file(&tmp);
+            write_private_file(&tmp, &serde_json::to_vec_pretty(&secrets)?)?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("cannot update {}", path.display()))?;
+        }
+        return Ok(secrets);
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create DATA_DIR {}", data_dir.display()))?;
@@ -358,6 +493,7 @@ fn load_or_generate_secrets(data_dir: &Path) -> anyhow::Result<GeneratedSecrets>
         jwt_secret_key: random_secret(),
         signature_kid: "k1".to_owned(),
         signature_secret: random_secret(),
+        encryption_key: Some(random_key_base64()),
     };
     write_private_file(&path, &serde_json::to_vec_pretty(&secrets)?)?;
     tracing::warn!(
@@ -373,6 +509,14 @@ fn random_secret() -> String {
     let mut bytes = [0u8; 48];
     rand::rng().fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A random 256-bit key, base64, for AES-256-GCM.
+fn random_key_base64() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {

@@ -68,6 +68,14 @@ pub struct Metrics {
     pub documents: Family<DocumentLabels, Counter>,
     pub document_stage: Family<StageLabels, Histogram>,
     pub queue_depth: Gauge,
+    /// Time from request to the start of the first attempt.
+    pub queue_wait: Histogram,
+    /// Lost jobs enqueued again by the reconciler.
+    pub reconciled: Counter,
+    /// PDF engine processes killed and replaced (timeout, crash), and retired after their
+    /// job quota; gauges mirroring the engine's own counters.
+    pub engine_restarts: Gauge,
+    pub engine_recycled: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,6 +96,20 @@ impl Metrics {
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
         );
         let queue_depth = Gauge::default();
+        let queue_wait = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        let reconciled = Counter::default();
+        let engine_restarts = Gauge::default();
+        let engine_recycled = Gauge::default();
+        registry.register(
+            "pdf_engine_restarts",
+            "wkhtmltopdf processes killed and replaced after a timeout or crash",
+            engine_restarts.clone(),
+        );
+        registry.register(
+            "pdf_engine_recycled",
+            "wkhtmltopdf processes retired after their job quota",
+            engine_recycled.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by method, route template and status",
@@ -113,8 +135,22 @@ impl Metrics {
             "Documents waiting in the queue",
             queue_depth.clone(),
         );
+        registry.register(
+            "document_queue_wait_seconds",
+            "Time from a document request to the start of its first attempt",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "documents_reconciled",
+            "Lost jobs enqueued again by the reconciler",
+            reconciled.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            queue_wait,
+            reconciled,
+            engine_restarts,
+            engine_recycled,
             http_requests,
             http_duration,
             documents,

@@ -1,19 +1,21 @@
 //! The document worker: takes render jobs off the queue and runs the pipeline.
 //!
 //! # Layout
-//! - [`render`]: template → bytes (minijinja, auto-escaped, fuel-limited).
-//! - [`pipeline`]: one job from claim to stored object and finished row.
-//! - this module: wiring the pipeline into an apalis worker over the configured queue.
+//! - [`render`]: template → bytes (HTML with minijinja, PDF, XLSX).
+//! - [`pipeline`]: one job from claim to stored object and finished row, with retries.
+//! - [`maintenance`]: the reconciler (lost jobs), orphan purge and retention.
+//! - this module: wiring the pipeline into an apalis worker over the configured queue,
+//!   with the periodic tasks beside it.
 //!
 //! The `monassurance-worker` binary runs this against Redis (or a shared SQLite queue);
 //! the API's embedded mode runs it in-process with [`run`].
 
+pub mod maintenance;
 pub mod pipeline;
 pub mod render;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
@@ -23,7 +25,8 @@ use common::storage::Storage;
 use common::telemetry::Metrics;
 use common::{Db, Settings};
 use futures::StreamExt;
-use tracing::{Instrument, info, info_span};
+use tokio::sync::watch;
+use tracing::{Instrument, error, info, info_span};
 
 /// What a job handler needs.
 pub struct Deps {
@@ -31,6 +34,8 @@ pub struct Deps {
     pub db: Db,
     pub storage: Storage,
     pub metrics: Metrics,
+    /// For delayed retries.
+    pub queue: JobQueue,
 }
 
 /// A name no other worker process shares: apalis refuses to register a name seen in the
@@ -55,21 +60,23 @@ async fn handle(job: RenderJob, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError
         .map_err(Into::into)
 }
 
-/// Runs workers on `queue` until `shutdown` completes, then lets in-flight jobs finish
-/// (up to 30 s) while the rest stay queued.
+/// Runs workers on the queue until `shutdown` completes, then lets in-flight jobs finish
+/// (up to `DRAIN_TIMEOUT_SECONDS`) while the rest stay queued. The reconciler and the
+/// maintenance timer run beside them.
 pub async fn run(
     deps: Arc<Deps>,
-    queue: JobQueue,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let name = unique_worker_name();
-    let concurrency = deps.settings.worker_concurrency;
-    let timeout = deps.settings.job_timeout;
-    let poll = deps.settings.worker_poll_interval;
-    info!(worker = %name, queue = queue.backend_name(), concurrency, "worker starting");
+    let settings = &deps.settings;
+    let (concurrency, poll) = (settings.worker_concurrency, settings.worker_poll_interval);
+    info!(worker = %name, queue = deps.queue.backend_name(), concurrency, "worker starting");
 
-    let monitor = Monitor::new().shutdown_timeout(Duration::from_secs(30));
-    let monitor = match queue {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let periodic = tokio::spawn(periodic_tasks(deps.clone(), stop_rx));
+
+    let monitor = Monitor::new().shutdown_timeout(settings.drain_timeout);
+    let monitor = match deps.queue.clone() {
         JobQueue::Sqlite {
             pool,
             config,
@@ -77,6 +84,7 @@ pub async fn run(
         } => {
             let listener = listener.lock().expect("listener lock").take();
             let listener = std::sync::Mutex::new(listener);
+            let deps = deps.clone();
             monitor.register(move |_restarts| {
                 let mut strategy = Strategy::new();
                 if let Some(hook) = listener.lock().expect("listener lock").take() {
@@ -89,25 +97,26 @@ pub async fn run(
                     .backend(backend)
                     .concurrency(concurrency)
                     .catch_panic()
-                    .timeout(timeout)
                     .data(deps.clone())
                     .build(handle)
             })
         }
-        JobQueue::Redis { storage, .. } => monitor.register(move |_restarts| {
-            let backend: RedisStorage<RenderJob> = (*storage).clone();
-            WorkerBuilder::new(name.clone())
-                .backend(backend.poll_with_strategy(Strategy::new().interval(poll)))
-                .concurrency(concurrency)
-                .catch_panic()
-                .timeout(timeout)
-                .data(deps.clone())
-                .build(handle)
-        }),
+        JobQueue::Redis { storage, .. } => {
+            let deps = deps.clone();
+            monitor.register(move |_restarts| {
+                let backend: RedisStorage<RenderJob> = (*storage).clone();
+                WorkerBuilder::new(name.clone())
+                    .backend(backend.poll_with_strategy(Strategy::new().interval(poll)))
+                    .concurrency(concurrency)
+                    .catch_panic()
+                    .data(deps.clone())
+                    .build(handle)
+            })
+        }
     };
-    monitor
+    let result = monitor
         .should_restart(|_ctx, err| {
-            tracing::error!(error = %err, "worker stopped; restarting");
+            error!(error = %err, "worker stopped; restarting");
             true
         })
         .run_with_signal(async move {
@@ -115,7 +124,56 @@ pub async fn run(
             info!("draining: in-flight jobs finish, queued jobs stay queued");
             Ok(())
         })
-        .await?;
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = periodic.await;
+    result?;
     info!("worker stopped");
     Ok(())
+}
+
+/// The reconciler every `RECONCILE_INTERVAL_MS`, and orphan purge plus retention every
+/// `MAINTENANCE_INTERVAL_SECONDS`, until `stop`.
+async fn periodic_tasks(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
+    let mut reconcile = tokio::time::interval(deps.settings.reconcile_interval);
+    let mut maintenance = tokio::time::interval(deps.settings.maintenance_interval);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first maintenance tick fires at once; let the first run wait one interval so a
+    // fleet starting together does not purge together.
+    maintenance.reset();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = reconcile.tick() => {
+                match maintenance::reconcile(&deps.db, &deps.queue, deps.settings.queued_lease).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        deps.metrics.reconciled.inc_by(n as u64);
+                        info!(count = n, "lost jobs enqueued again");
+                    }
+                    Err(err) => error!(error = %err, "reconciler failed"),
+                }
+                if let Ok(queued) = deps.db.documents().count_queued().await {
+                    deps.metrics.queue_depth.set(queued);
+                }
+            }
+            _ = maintenance.tick() => {
+                match maintenance::purge_orphans(&deps.db, &deps.storage).await {
+                    Ok(report) if report.count > 0 || !report.lost.is_empty() => {
+                        info!(removed = report.count, lost = report.lost.len(), "orphan purge");
+                    }
+                    Ok(_) => {}
+                    Err(err) => error!(error = %err, "orphan purge failed"),
+                }
+                if let Some(days) = deps.settings.document_retention_days {
+                    match maintenance::apply_retention(&deps.db, &deps.storage, days).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(deleted = n, days, "retention applied"),
+                        Err(err) => error!(error = %err, "retention failed"),
+                    }
+                }
+            }
+        }
+    }
 }

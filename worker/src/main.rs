@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use common::queue::JobQueue;
 use common::storage::Storage;
@@ -26,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         storage: Storage::open(&settings)?,
         metrics: Metrics::new(),
         db,
+        queue,
         settings,
     });
 
@@ -38,16 +41,33 @@ async fn main() -> anyhow::Result<()> {
             )
         })?;
     tracing::info!(addr = %listener.local_addr()?, "worker health and metrics listening");
-    let metrics = deps.metrics.clone();
     let http = Router::new()
+        .route("/health", get(health))
         .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            "/metrics",
+            get(|State(deps): State<Arc<Deps>>| async move { deps.metrics.encode() }),
         )
-        .route("/metrics", get(move || async move { metrics.encode() }));
+        .with_state(deps.clone());
     tokio::spawn(async move { axum::serve(listener, http).await });
 
-    run(deps.clone(), queue, common::shutdown_signal()).await?;
+    run(deps.clone(), common::shutdown_signal()).await?;
     deps.db.close().await;
     Ok(())
+}
+
+/// 200 when the database (and Redis, when used) answer, 503 otherwise.
+async fn health(State(deps): State<Arc<Deps>>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let (database, redis) = tokio::join!(deps.db.ping(), deps.queue.ping());
+    let ok = database && redis.unwrap_or(true);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "database": database,
+        "redis": redis,
+    });
+    (status, axum::Json(body))
 }

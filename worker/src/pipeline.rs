@@ -1,10 +1,17 @@
 //! One render job, from the queued row to the stored object.
 //!
 //! Jobs arrive at least once, so every step is safe to repeat: the claim counts the
-//! attempt, the object key derives from the document id (a retry overwrites), and only the
-//! attempt that claimed last may mark the row finished.
+//! attempt and takes a lease, the object key derives from the document id (a retry
+//! overwrites), and only the attempt that claimed last may mark the row finished.
+//!
+//! Retries are ours, not the queue's: a transient failure (database, storage, engine
+//! crash, timeout) puts the row back to `queued` and enqueues a delayed job with an
+//! exponential backoff, until `JOB_MAX_ATTEMPTS`; a permanent one (bad template, output
+//! too large) fails the document at once with a readable `error`. The handler therefore
+//! tells the queue "done" in both cases, and the queue's own retry rules (which differ
+//! between backends) never come into play.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::db::documents::Outcome;
@@ -23,7 +30,7 @@ pub enum JobError {
     /// Retrying cannot help (bad template, unsupported format…): the document fails now.
     #[error("{0}")]
     Permanent(String),
-    /// The database or the object store failed: worth another attempt.
+    /// The database, the object store or an engine failed: worth another attempt.
     #[error(transparent)]
     Transient(#[from] anyhow::Error),
 }
@@ -40,24 +47,47 @@ impl From<common::db::DbError> for JobError {
     }
 }
 
-/// Runs one job. `Err` means a transient failure the queue should retry; every other
-/// outcome, failures included, is recorded on the row and returns `Ok`.
-pub async fn process(deps: &Deps, job: &RenderJob) -> Result<(), JobError> {
-    let Some(doc) = deps.db.documents().claim(job.document_id).await? else {
+/// How long past its timeout a job's lease lasts: after that, the reconciler assumes the
+/// worker died and enqueues the document again.
+const LEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs one job. `Err` only when the outcome could not be recorded (the database is
+/// down): the queue then redelivers, and the reconciler backs it up.
+pub async fn process(deps: &Deps, job: &RenderJob) -> anyhow::Result<()> {
+    let settings = &deps.settings;
+    let lease = common::now() + settings.job_timeout + LEASE_GRACE;
+    let Some(doc) = deps.db.documents().claim(job.document_id, lease).await? else {
         info!("document already finished or deleted; nothing to do");
         return Ok(());
     };
     let attempt = doc.attempts;
     let format = doc.output_format.as_str();
+    if attempt == 1
+        && let Some(started) = doc.started_at
+    {
+        let wait = (started - doc.created_at).to_std().unwrap_or_default();
+        deps.metrics.queue_wait.observe(wait.as_secs_f64());
+    }
+    if attempt > settings.job_max_attempts {
+        // Only a job that took its worker down with it gets here (each redelivery counts).
+        let reason = format!(
+            "gave up after {} attempts: the worker stopped during each",
+            attempt - 1
+        );
+        return fail(deps, &doc, attempt, &reason).await;
+    }
     info!(attempt, format, "rendering");
 
-    match render_and_store(deps, &doc).await {
-        Ok((key, bytes, mut timings)) => {
-            let checksum = hex::encode(Sha256::digest(&bytes));
-            timings.queue_ms = doc
-                .started_at
-                .map(|started| (started - doc.created_at).num_milliseconds())
-                .unwrap_or_default();
+    let result =
+        match tokio::time::timeout(settings.job_timeout, render_and_store(deps, &doc)).await {
+            Ok(result) => result,
+            Err(_) => Err(JobError::Transient(anyhow::anyhow!(
+                "the job took longer than {} s",
+                settings.job_timeout.as_secs()
+            ))),
+        };
+    match result {
+        Ok(stored) => {
             let won = deps
                 .db
                 .documents()
@@ -65,19 +95,19 @@ pub async fn process(deps: &Deps, job: &RenderJob) -> Result<(), JobError> {
                     doc.id,
                     attempt,
                     Outcome::Ready {
-                        storage_key: &key,
-                        size_bytes: bytes.len() as i64,
-                        stored_bytes: bytes.len() as i64,
-                        checksum: &checksum,
-                        timings: &timings,
+                        storage_key: &stored.key,
+                        size_bytes: stored.size as i64,
+                        stored_bytes: stored.stored_size as i64,
+                        checksum: &stored.checksum,
+                        timings: &stored.timings,
                     },
                 )
                 .await?;
             if won {
                 deps.metrics.document_finished(format, "ready");
                 info!(
-                    size = bytes.len(),
-                    render_ms = timings.render_ms,
+                    size = stored.size,
+                    render_ms = stored.timings.render_ms,
                     "document ready"
                 );
             } else {
@@ -86,19 +116,55 @@ pub async fn process(deps: &Deps, job: &RenderJob) -> Result<(), JobError> {
             Ok(())
         }
         Err(JobError::Permanent(reason)) => fail(deps, &doc, attempt, &reason).await,
-        Err(JobError::Transient(err)) if attempt >= deps.settings.job_max_attempts => {
+        Err(JobError::Transient(err)) if attempt >= settings.job_max_attempts => {
             let reason = format!("gave up after {attempt} attempts: {err:#}");
             fail(deps, &doc, attempt, &reason).await
         }
-        Err(err) => {
-            warn!(attempt, error = %err, "attempt failed; the job will be retried");
-            deps.metrics.document_finished(format, "retried");
-            Err(err)
-        }
+        Err(JobError::Transient(err)) => retry_later(deps, &doc, attempt, &err).await,
     }
 }
 
-async fn fail(deps: &Deps, doc: &Document, attempt: i32, reason: &str) -> Result<(), JobError> {
+/// The delay before attempt `attempt + 1`: base × 2^(attempt-1), capped.
+pub fn backoff(base: Duration, max: Duration, attempt: i32) -> Duration {
+    let exponent = attempt.clamp(1, 20) as u32 - 1;
+    base.saturating_mul(1 << exponent).min(max)
+}
+
+async fn retry_later(
+    deps: &Deps,
+    doc: &Document,
+    attempt: i32,
+    err: &anyhow::Error,
+) -> anyhow::Result<()> {
+    let settings = &deps.settings;
+    let delay = backoff(settings.job_retry_base, settings.job_retry_max, attempt);
+    let reason = format!(
+        "attempt {attempt} failed, retrying in {} ms: {err:#}",
+        delay.as_millis()
+    );
+    warn!(attempt, error = %err, delay_ms = delay.as_millis() as u64, "attempt failed; retrying later");
+    let lease = common::now() + delay + settings.queued_lease;
+    if deps
+        .db
+        .documents()
+        .requeue(doc.id, attempt, &reason, lease)
+        .await?
+    {
+        deps.metrics
+            .document_finished(doc.output_format.as_str(), "retried");
+        let job = RenderJob {
+            document_id: doc.id,
+            request_id: doc.request_id.clone(),
+        };
+        if let Err(err) = deps.queue.push_after(job, delay).await {
+            // The row is queued with a lease: the reconciler enqueues it when that expires.
+            warn!(error = %err, "cannot enqueue the retry; the reconciler will");
+        }
+    }
+    Ok(())
+}
+
+async fn fail(deps: &Deps, doc: &Document, attempt: i32, reason: &str) -> anyhow::Result<()> {
     warn!(attempt, reason, "document failed");
     let won = deps
         .db
@@ -112,16 +178,28 @@ async fn fail(deps: &Deps, doc: &Document, attempt: i32, reason: &str) -> Result
     Ok(())
 }
 
-async fn render_and_store(
-    deps: &Deps,
-    doc: &Document,
-) -> Result<(String, Bytes, Timings), JobError> {
-    let mut timings = Timings::default();
+/// What a successful attempt stored.
+struct Stored {
+    key: String,
+    size: usize,
+    stored_size: usize,
+    checksum: String,
+    timings: Timings,
+}
+
+async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobError> {
+    let mut timings = Timings {
+        queue_ms: doc
+            .started_at
+            .map(|started| (started - doc.created_at).num_milliseconds())
+            .unwrap_or_default(),
+        ..Timings::default()
+    };
     let format = doc.output_format.as_str();
 
     let started = Instant::now();
     let source = match doc.template_version_id {
-        Some(version_id) => {
+        Some(version_id) => Some(
             deps.db
                 .templates()
                 .version_by_id(version_id)
@@ -129,13 +207,14 @@ async fn render_and_store(
                 .ok_or_else(|| {
                     JobError::Permanent(format!("template version {version_id} no longer exists"))
                 })?
-                .content
-        }
-        None => render::BUILTIN_HTML.to_owned(),
+                .content,
+        ),
+        None => None,
     };
     let context = render_context(doc);
     let bytes = match doc.output_format {
         OutputFormat::Html => {
+            let source = source.unwrap_or_else(|| render::BUILTIN_HTML.to_owned());
             let (fuel, limit) = (deps.settings.render_fuel, deps.settings.max_output_bytes);
             let html = tokio::task::spawn_blocking(move || {
                 render::render_html(&source, &context, fuel, limit)
@@ -154,6 +233,9 @@ async fn render_and_store(
     timings.render_ms = render_time * 1000.0;
     deps.metrics.stage(format, "render", render_time);
 
+    let checksum = hex::encode(Sha256::digest(&bytes));
+    let size = bytes.len();
+
     let started = Instant::now();
     let key = Storage::document_key(doc.id, doc.output_format);
     deps.storage.put(&key, bytes.clone()).await?;
@@ -161,12 +243,18 @@ async fn render_and_store(
     timings.store_ms = store_time * 1000.0;
     deps.metrics.stage(format, "store", store_time);
 
-    Ok((key, bytes, timings))
+    Ok(Stored {
+        key,
+        size,
+        stored_size: bytes.len(),
+        checksum,
+        timings,
+    })
 }
 
 /// The variables a template sees. `policy`, `client` and `company` stay null until the
 /// business resources exist.
-fn render_context(doc: &Document) -> serde_json::Value {
+pub fn render_context(doc: &Document) -> serde_json::Value {
     serde_json::json!({
         "inline_context": doc.inline_context.0,
         "policy": null,
@@ -180,4 +268,18 @@ fn render_context(doc: &Document) -> serde_json::Value {
         },
         "now": common::now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let delays: Vec<u64> = (1..=8).map(|a| backoff(base, max, a).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff(base, max, 0), base);
+        assert_eq!(backoff(base, max, i32::MAX), max);
+    }
 }

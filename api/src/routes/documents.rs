@@ -11,14 +11,18 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use common::db::audit::AuditEvent;
 use common::db::documents::{DocumentFilter, NewDocument};
-use common::model::{Document, DocumentStatus, OutputFormat};
+use common::model::{Document, DocumentStatus, OutputFormat, Role};
 use common::queue::RenderJob;
+use common::settings::SignedUrlMode;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -30,6 +34,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(list))
         .route("/generate", post(generate))
+        .route("/purge-orphans", post(purge_orphans))
         .route("/{id}", get(read).delete(remove))
         .route("/{id}/signed-url", post(signed_url))
         .route("/{id}/download", get(download))
@@ -49,12 +54,42 @@ struct GenerateBody {
     encrypt: bool,
 }
 
+/// How long `Prefer: wait=N` may hold a request.
+const MAX_WAIT_SECONDS: u64 = 30;
+/// How long an `Idempotency-Key` is remembered.
+const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
+
 async fn generate(
     State(state): State<AppState>,
     meta: RequestMeta,
     user: AuthUser,
+    headers: HeaderMap,
     Json(body): Json<GenerateBody>,
 ) -> ApiResult<Response> {
+    let wait = prefer_wait(&headers);
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::trim).unwrap_or_default().to_owned());
+    if let Some(key) = &idempotency_key
+        && (key.is_empty() || key.len() > 255)
+    {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 255 visible characters",
+        ));
+    }
+    let request_hash = request_fingerprint(&body);
+    if let Some(key) = &idempotency_key {
+        let since = common::now() - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
+        if let Some(existing) = state
+            .db
+            .documents()
+            .find_idempotent(user.id(), key, since)
+            .await?
+        {
+            return replay(&state, existing, &request_hash, wait).await;
+        }
+    }
     let document_type = body.document_type.trim();
     if document_type.is_empty() || document_type.chars().count() > 30 {
         return Err(ApiError::invalid(
@@ -122,7 +157,14 @@ async fn generate(
         .unwrap_or(OutputFormat::Html);
     check_format(template_format, format)?;
 
-    let doc = state
+    if state.queued_count().await? >= state.settings.max_queued_documents {
+        return Err(ApiError::unavailable(
+            "Too many documents are waiting to be rendered; try again shortly.",
+            5,
+        ));
+    }
+
+    let created = state
         .db
         .documents()
         .create(NewDocument {
@@ -135,8 +177,28 @@ async fn generate(
             compress: body.compress,
             encrypt: body.encrypt,
             request_id: meta.request_id.as_deref(),
+            idempotency_key: idempotency_key.as_deref(),
+            request_hash: Some(&request_hash),
+            lease_until: common::now() + state.settings.queued_lease,
         })
-        .await?;
+        .await;
+    let doc = match (created, &idempotency_key) {
+        (Ok(doc), _) => doc,
+        // The same key raced in from a parallel request: answer with the winner's document.
+        (Err(common::db::DbError::Conflict(_)), Some(key)) => {
+            let since = common::now() - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
+            let existing = state
+                .db
+                .documents()
+                .find_idempotent(user.id(), key, since)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("idempotency conflict without a row"))
+                })?;
+            return replay(&state, existing, &request_hash, wait).await;
+        }
+        (Err(err), _) => return Err(err.into()),
+    };
     let job = RenderJob {
         document_id: doc.id,
         request_id: meta.request_id.clone(),
@@ -159,13 +221,134 @@ async fn generate(
     )
     .await;
 
+    answer(&state, doc, StatusCode::ACCEPTED, wait).await
+}
+
+/// The answer to a replayed `Idempotency-Key`: the same document, if the request is the same.
+async fn replay(
+    state: &AppState,
+    doc: Document,
+    request_hash: &str,
+    wait: Option<u64>,
+) -> ApiResult<Response> {
+    if doc.request_hash.as_deref() != Some(request_hash) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different request.",
+        ));
+    }
+    answer(state, doc, StatusCode::OK, wait).await
+}
+
+/// The document with `Location`; with `Prefer: wait=N`, held until it is finished or N
+/// seconds have passed: 201 when ready, 200 when failed, else `pending_status`.
+async fn answer(
+    state: &AppState,
+    mut doc: Document,
+    pending_status: StatusCode,
+    wait: Option<u64>,
+) -> ApiResult<Response> {
+    if let Some(seconds) = wait {
+        doc = wait_for_outcome(state, doc, Duration::from_secs(seconds)).await?;
+    }
+    let status = match doc.status {
+        DocumentStatus::Ready if wait.is_some() => StatusCode::CREATED,
+        DocumentStatus::Failed if wait.is_some() => StatusCode::OK,
+        _ => pending_status,
+    };
     let location = format!("/api/v1/documents/{}", doc.id);
-    let mut response = (StatusCode::ACCEPTED, Json(doc)).into_response();
-    response.headers_mut().insert(
+    let etag = document_etag(&doc);
+    let mut response = (status, Json(doc)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
         header::LOCATION,
         HeaderValue::from_str(&location).expect("a path is a valid header value"),
     );
+    headers.insert(header::ETAG, etag);
+    if let Some(seconds) = wait {
+        headers.insert(
+            "preference-applied",
+            HeaderValue::from_str(&format!("wait={seconds}")).expect("ascii"),
+        );
+    }
     Ok(response)
+}
+
+/// Polls the row until the document is finished or `limit` has passed. The worker may be
+/// another process, so the database is what tells; the interval grows from 5 ms to 100 ms
+/// so quick documents answer quickly and slow ones cost few queries.
+async fn wait_for_outcome(
+    state: &AppState,
+    mut doc: Document,
+    limit: Duration,
+) -> ApiResult<Document> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut interval = Duration::from_millis(5);
+    while matches!(
+        doc.status,
+        DocumentStatus::Queued | DocumentStatus::Processing
+    ) {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        tokio::time::sleep(interval.min(deadline - now)).await;
+        interval = (interval * 2).min(Duration::from_millis(100));
+        match state.db.documents().get(doc.id).await? {
+            Some(current) => doc = current,
+            None => return Err(ApiError::not_found("Document not found.")),
+        }
+    }
+    Ok(doc)
+}
+
+/// `Prefer: wait=N` (RFC 7240), capped at 30 s; `None` when absent or malformed.
+fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|pref| pref.trim().strip_prefix("wait="))
+        .find_map(|n| n.trim().parse::<u64>().ok())
+        .map(|n| n.min(MAX_WAIT_SECONDS))
+}
+
+/// A stable hash of what a generate request asks for, to tell a replay from a different
+/// request under the same `Idempotency-Key`. Object keys are sorted so that field order
+/// does not matter.
+fn request_fingerprint(body: &GenerateBody) -> String {
+    fn canonical(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let sorted: std::collections::BTreeMap<_, _> =
+                    map.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
+                serde_json::Value::Object(sorted.into_iter().collect())
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(canonical).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    let value = serde_json::json!([
+        body.document_type.trim(),
+        body.template_id,
+        body.template_version_id,
+        body.policy_id,
+        body.inline_context.as_ref().map(canonical),
+        body.output_format,
+        body.compress,
+        body.encrypt,
+    ]);
+    hex::encode(Sha256::digest(value.to_string().as_bytes()))
+}
+
+/// The status resource's validator: it changes whenever the row does.
+fn document_etag(doc: &Document) -> HeaderValue {
+    let tag = format!("\"{}-{}\"", doc.updated_at.timestamp_micros(), doc.attempts);
+    HeaderValue::from_str(&tag).expect("ascii")
 }
 
 /// An HTML template renders to HTML or PDF; an XLSX template only to XLSX. PDF and XLSX
@@ -217,12 +400,52 @@ async fn list(
     ))
 }
 
+/// The status clients poll; `If-None-Match` with the last `ETag` answers 304 while
+/// nothing changed.
 async fn read(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<Uuid>,
-) -> ApiResult<Json<Document>> {
-    Ok(Json(visible(&state, &user, id).await?))
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let doc = visible(&state, &user, id).await?;
+    let etag = document_etag(&doc);
+    let current = etag.to_str().unwrap_or_default();
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|candidate| candidate.trim() == current || candidate.trim() == "*");
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok(([(header::ETAG, etag)], Json(doc)).into_response())
+}
+
+/// Admin: removes objects no document points to; marks failed the ready documents whose
+/// object vanished.
+async fn purge_orphans(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    user: AuthUser,
+) -> ApiResult<Json<worker::maintenance::PurgeReport>> {
+    user.require(Role::Admin)?;
+    let report = worker::maintenance::purge_orphans(&state.db, &state.storage).await?;
+    crate::routes::record(
+        &state,
+        &meta,
+        AuditEvent {
+            user_id: Some(user.id()),
+            action: "purge_orphans",
+            object_type: Some("document"),
+            object_id: Some("*".to_owned()),
+            metadata: Some(serde_json::json!({"removed": report.count, "lost": report.lost.len()})),
+            ..Default::default()
+        },
+    )
+    .await;
+    Ok(Json(report))
 }
 
 async fn remove(
@@ -285,6 +508,21 @@ async fn signed_url(
     let doc = visible(&state, &user, id).await?;
     ensure_ready(&doc)?;
     let expires_at = common::now() + chrono::Duration::seconds(query.ttl_seconds);
+    let stored_plain = !doc.compress && !doc.encrypt;
+    if state.settings.signed_url_mode == SignedUrlMode::S3
+        && stored_plain
+        && state.storage.can_presign()
+    {
+        let key = doc
+            .storage_key
+            .as_deref()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("ready document without object")))?;
+        let url = state
+            .storage
+            .presigned_get(key, Duration::from_secs(query.ttl_seconds as u64))
+            .await?;
+        return Ok(Json(SignedUrl { url, expires_at }));
+    }
     let exp = expires_at.timestamp();
     let sig = state.keys.sign(doc.id, exp);
     let url = format!(
@@ -345,8 +583,16 @@ async fn download(
         )));
     };
     let object = state.storage.get(key).await.map_err(|err| {
-        tracing::error!(error = ?err, document_id = %doc.id, "a ready document's object is missing");
-        ApiError::new(StatusCode::GONE, "object_missing", "The document's file is no longer available.")
+        if common::storage::is_not_found(&err) {
+            tracing::error!(document_id = %doc.id, "a ready document's object is missing");
+            ApiError::new(
+                StatusCode::GONE,
+                "object_missing",
+                "The document's file is no longer available.",
+            )
+        } else {
+            ApiError::internal(err)
+        }
     })?;
     audit(
         &state,

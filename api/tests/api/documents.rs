@@ -454,12 +454,8 @@ async fn deleting_a_document_removes_its_file(app: &TestApp) {
         .json()
         .await
         .unwrap();
-    let object = app
-        .state
-        .settings
-        .storage_dir
-        .join(format!("documents/{id}.html"));
-    assert!(object.exists());
+    let key = format!("documents/{id}.html");
+    assert!(app.object_exists(&key).await);
 
     assert_eq!(
         app.delete(&format!("/api/v1/documents/{id}"), Some(&agent))
@@ -467,7 +463,10 @@ async fn deleting_a_document_removes_its_file(app: &TestApp) {
             .status(),
         StatusCode::NO_CONTENT
     );
-    assert!(!object.exists(), "the stored file goes with the row");
+    assert!(
+        !app.object_exists(&key).await,
+        "the stored file goes with the row"
+    );
     assert_eq!(
         app.get(&format!("/api/v1/documents/{id}"), Some(&agent))
             .await

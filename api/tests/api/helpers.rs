@@ -4,7 +4,8 @@
 //!   temporary directory, the worker in-process.
 //! - `Backend::PostgresRedis`: a fresh Postgres database per test (created on the server
 //!   `TEST_DATABASE_URL` points at), Redis at `TEST_REDIS_URL` with a queue name of the
-//!   test's own, and a real `monassurance-worker` process rendering the documents.
+//!   test's own, documents in a private `s3s-fs` S3 server (which checks signatures), and a
+//!   real `monassurance-worker` process rendering the documents.
 //!
 //! The second runs only when both variables are set. `scripts/test` always sets them and
 //! also sets `MONASSURANCE_REQUIRE_SERVICES=1`, which turns a missing variable into a
@@ -24,6 +25,11 @@ pub const JWT_SECRET: &str = "integration-test-jwt-secret-0123456789abcdef";
 pub const SIGNATURE_KEYS: &str = r#"{"old":"old-link-secret","k1":"integration-test-link-secret"}"#;
 pub const ADMIN_EMAIL: &str = "admin@example.com";
 pub const ADMIN_PASSWORD: &str = "admin-password-123";
+/// Two AES-256 keys (base64): "old" and the active "e2".
+pub const ENCRYPTION_KEYS: &str = r#"{"old":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","e2":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}"#;
+pub const S3_BUCKET: &str = "documents-bucket";
+pub const S3_ACCESS_KEY: &str = "test-access-key";
+pub const S3_SECRET_KEY: &str = "test-secret-key-0123456789";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -37,10 +43,13 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub state: AppState,
     pub backend: Backend,
+    /// The configuration the API was started with; worker processes get the same.
+    pub env: HashMap<String, String>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _worker: Option<Child>,
-    _dir: tempfile::TempDir,
+    workers: std::sync::Mutex<Vec<Child>>,
+    _s3: Option<Child>,
+    dir: tempfile::TempDir,
 }
 
 /// Runs one scenario against each deployment: `mod name { sqlite, postgres_redis }`.
@@ -88,8 +97,15 @@ pub fn services_configured() -> bool {
     configured
 }
 
-/// Starts the application with the test configuration plus `overrides`.
+/// Starts the application with the test configuration plus `overrides`, and its worker
+/// (in-process on SQLite, a process on Postgres + Redis).
 pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with(backend, overrides, true).await
+}
+
+/// Like [`spawn_app`]; without `worker`, documents stay queued until the test starts one
+/// with [`TestApp::start_worker`].
+pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker: bool) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
     let data_dir = dir.path().to_str().unwrap().to_owned();
     let mut env: HashMap<String, String> = [
@@ -99,6 +115,8 @@ pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp 
         ("JWT_SECRET_KEY", JWT_SECRET),
         ("SIGNATURE_KEYS", SIGNATURE_KEYS),
         ("SIGNATURE_ACTIVE_KID", "k1"),
+        ("ENCRYPTION_KEYS", ENCRYPTION_KEYS),
+        ("ENCRYPTION_ACTIVE_KID", "e2"),
         ("BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL),
         ("BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
         ("LOG_LEVEL", "warn"),
@@ -108,14 +126,20 @@ pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp 
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    let mut s3 = None;
     if backend == Backend::PostgresRedis {
+        let (child, endpoint) = spawn_s3(dir.path()).await;
+        s3 = Some(child);
+        env.insert("STORAGE_URL".into(), format!("s3://{S3_BUCKET}"));
+        env.insert("S3_ENDPOINT".into(), endpoint);
+        env.insert("S3_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into());
+        env.insert("S3_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into());
         env.insert("DATABASE_URL".into(), fresh_postgres_database().await);
         env.insert("REDIS_URL".into(), std::env::var("TEST_REDIS_URL").unwrap());
         env.insert(
             "QUEUE_NAME".into(),
             format!("test-{}", uuid::Uuid::new_v4().simple()),
         );
-        env.insert("WORKER_HTTP_ADDR".into(), "127.0.0.1:0".into());
     }
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
@@ -123,7 +147,7 @@ pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp 
     let settings = common::Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings");
     common::telemetry::init_tracing(&settings);
 
-    let app = Application::build(settings, backend == Backend::Sqlite)
+    let app = Application::build(settings, worker && backend == Backend::Sqlite)
         .await
         .expect("the application starts");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -132,11 +156,8 @@ pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp 
     let server = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    let worker_log = dir.path().join("worker.log");
-    let worker =
-        (backend == Backend::PostgresRedis).then(|| spawn_worker_process(&env, &worker_log));
 
-    TestApp {
+    let app = TestApp {
         address,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -144,11 +165,18 @@ pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp 
             .unwrap(),
         state,
         backend,
+        env,
         stop: Some(stop),
         server: Some(server),
-        _worker: worker,
-        _dir: dir,
+        workers: std::sync::Mutex::new(Vec::new()),
+        _s3: s3,
+        dir,
+    };
+    if worker && backend == Backend::PostgresRedis {
+        let child = app.start_worker(&[]);
+        app.workers.lock().unwrap().push(child);
     }
+    app
 }
 
 /// The `monassurance-worker` binary next to this test binary's directory.
@@ -164,19 +192,62 @@ pub fn worker_binary() -> PathBuf {
     path
 }
 
-/// Starts `monassurance-worker` with the API's configuration, logging JSON to `log`.
-fn spawn_worker_process(env: &HashMap<String, String>, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).expect("worker log file");
-    Command::new(worker_binary())
-        .env_clear()
-        .envs(env)
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("LOG_LEVEL", "info")
-        .env("LOG_JSON", "true")
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+pub async fn wait_for_port(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing listens on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A binary from `PATH` or `~/.cargo/bin`.
+pub fn tool(name: &str) -> PathBuf {
+    let in_path = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_default();
+    let cargo_bin =
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin").join(name));
+    in_path
+        .or(cargo_bin.filter(|p| p.exists()))
+        .unwrap_or_else(|| panic!("{name} is not installed (scripts/test installs it)"))
+}
+
+/// A private s3s-fs server with one bucket; returns it and its endpoint.
+async fn spawn_s3(dir: &std::path::Path) -> (Child, String) {
+    let root = dir.join("s3");
+    std::fs::create_dir_all(root.join(S3_BUCKET)).unwrap();
+    let port = free_port();
+    let child = Command::new(tool("s3s-fs"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
-        .stdout(log)
         .spawn()
-        .expect("the worker process starts")
+        .expect("s3s-fs starts");
+    wait_for_port(port).await;
+    (child, format!("http://127.0.0.1:{port}"))
 }
 
 async fn fresh_postgres_database() -> String {
@@ -198,9 +269,51 @@ async fn fresh_postgres_database() -> String {
 }
 
 impl TestApp {
-    /// What the worker process has logged so far (Postgres + Redis only).
+    /// Starts a `monassurance-worker` process with the API's configuration plus `extra`,
+    /// logging JSON lines that [`TestApp::worker_log`] reads. The caller owns the process
+    /// (killed when dropped).
+    pub fn start_worker(&self, extra: &[(&str, &str)]) -> Child {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let log = std::fs::File::create(self.dir.path().join(format!("worker-{n}.log")))
+            .expect("worker log file");
+        Command::new(worker_binary())
+            .env_clear()
+            .envs(&self.env)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WORKER_HTTP_ADDR", "127.0.0.1:0")
+            .env("LOG_LEVEL", "info")
+            .env("LOG_JSON", "true")
+            .envs(extra.iter().copied())
+            .kill_on_drop(true)
+            .stdout(log)
+            .spawn()
+            .expect("the worker process starts")
+    }
+
+    /// Whether the object store (local or S3) holds `key`.
+    pub async fn object_exists(&self, key: &str) -> bool {
+        match self.state.storage.get(key).await {
+            Ok(_) => true,
+            Err(err) if common::storage::is_not_found(&err) => false,
+            Err(err) => panic!("storage error: {err:#}"),
+        }
+    }
+
+    /// Everything the worker processes have logged so far.
     pub fn worker_log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("worker.log")).unwrap_or_default()
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("worker-"))
+            })
+            .collect();
+        logs.sort();
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -299,7 +412,13 @@ impl TestApp {
 
     /// Polls a document's status, as clients do, until it is ready or failed.
     pub async fn wait_for_document(&self, token: &str, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        self.wait_for_document_within(token, id, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`TestApp::wait_for_document`] with a deadline of `limit`.
+    pub async fn wait_for_document_within(&self, token: &str, id: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let doc: Value = self
                 .get(&format!("/api/v1/documents/{id}"), Some(token))

@@ -6,5 +6,6 @@ mod helpers;
 mod auth;
 mod cli;
 mod documents;
+mod lifecycle;
 mod ops;
 mod templates;

@@ -4,6 +4,7 @@
 //! counts the attempt, and [`Documents::finish`] only succeeds for the attempt that claimed
 //! last while the row is still `processing`, so only one attempt can mark a document done.
 
+use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -21,7 +22,7 @@ macro_rules! columns {
     () => {
         "id, owner_id, document_type, status, output_format, mime_type, template_version_id, policy_id, \
          inline_context, compress, encrypt, attempts, error, storage_key, size_bytes, stored_bytes, checksum, \
-         timings, request_id, created_at, started_at, finished_at, updated_at"
+         timings, request_id, idempotency_key, request_hash, created_at, started_at, finished_at, updated_at"
     };
 }
 
@@ -36,6 +37,11 @@ pub struct NewDocument<'a> {
     pub compress: bool,
     pub encrypt: bool,
     pub request_id: Option<&'a str>,
+    /// The client's `Idempotency-Key`, and a hash of the request it came with.
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: Option<&'a str>,
+    /// When the reconciler may consider the queued job lost and enqueue it again.
+    pub lease_until: DateTime<Utc>,
 }
 
 /// Filters of the documents list.
@@ -69,8 +75,9 @@ impl Documents<'_> {
         let now = crate::now();
         on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
             "INSERT INTO generated_documents (id, owner_id, document_type, status, output_format, mime_type, \
-             template_version_id, policy_id, inline_context, compress, encrypt, attempts, request_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, $12) RETURNING ",
+             template_version_id, policy_id, inline_context, compress, encrypt, attempts, request_id, \
+             idempotency_key, request_hash, lease_until, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, 0, $11, $13, $14, $15, $12, $12) RETURNING ",
             columns!()
         ))
         .bind(Uuid::now_v7())
@@ -85,6 +92,9 @@ impl Documents<'_> {
         .bind(new.encrypt)
         .bind(new.request_id)
         .bind(now)
+        .bind(new.idempotency_key)
+        .bind(new.request_hash)
+        .bind(new.lease_until)
         .fetch_one(pool)
         .await)
         .db()
@@ -134,18 +144,162 @@ impl Documents<'_> {
         })
     }
 
-    /// Starts an attempt: the row moves to `processing` and its attempt counter goes up.
-    /// `None` when the document is gone or already finished (a duplicate delivery).
-    pub async fn claim(&self, id: Uuid) -> DbResult<Option<Document>> {
+    /// Starts an attempt: the row moves to `processing`, its attempt counter goes up and
+    /// its lease runs until `lease_until`. `None` when the document is gone or already
+    /// finished (a duplicate delivery).
+    pub async fn claim(&self, id: Uuid, lease_until: DateTime<Utc>) -> DbResult<Option<Document>> {
         on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
             "UPDATE generated_documents SET status = 'processing', attempts = attempts + 1, \
-             started_at = $2, updated_at = $2, error = NULL \
+             started_at = $2, updated_at = $2, lease_until = $3 \
              WHERE id = $1 AND status IN ('queued', 'processing') RETURNING ",
             columns!()
         ))
         .bind(id)
         .bind(crate::now())
+        .bind(lease_until)
         .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// Puts attempt number `attempt` back in the queue after a transient failure, keeping
+    /// the reason in `error` for whoever polls. False when another attempt owns the row.
+    pub async fn requeue(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        error: &str,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<bool> {
+        on_db!(self.0, pool => sqlx::query(
+            "UPDATE generated_documents SET status = 'queued', error = $3, lease_until = $4, updated_at = $5 \
+             WHERE id = $1 AND attempts = $2 AND status = 'processing'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(error)
+        .bind(lease_until)
+        .bind(crate::now())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))
+        .db()
+    }
+
+    /// Takes up to `limit` unfinished rows whose lease ran out (their job was lost: a worker
+    /// killed mid-job, a queue restarted empty) and extends their lease to `new_lease`, so
+    /// that concurrent reconcilers never pick the same row. Returns their ids and request
+    /// ids, to be enqueued again.
+    pub async fn take_expired(
+        &self,
+        new_lease: DateTime<Utc>,
+        limit: i64,
+    ) -> DbResult<Vec<(Uuid, Option<String>)>> {
+        on_db!(self.0, pool => sqlx::query_as(
+            "UPDATE generated_documents SET lease_until = $2 WHERE id IN ( \
+                SELECT id FROM generated_documents \
+                WHERE status IN ('queued', 'processing') AND lease_until < $1 \
+                ORDER BY lease_until LIMIT $3) \
+             AND status IN ('queued', 'processing') AND lease_until < $1 \
+             RETURNING id, request_id",
+        )
+        .bind(crate::now())
+        .bind(new_lease)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+        .db()
+    }
+
+    /// The document a previous request with this `Idempotency-Key` created since `since`.
+    /// An older use of the key is released, so the key can be used again.
+    pub async fn find_idempotent(
+        &self,
+        owner_id: Uuid,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> DbResult<Option<Document>> {
+        on_db!(self.0, pool => {
+            sqlx::query(
+                "UPDATE generated_documents SET idempotency_key = NULL \
+                 WHERE owner_id = $1 AND idempotency_key = $2 AND created_at < $3",
+            )
+            .bind(owner_id)
+            .bind(key)
+            .bind(since)
+            .execute(pool)
+            .await
+            .db()?;
+            sqlx::query_as::<_, Document>(concat!(
+                "SELECT ", columns!(), " FROM generated_documents WHERE owner_id = $1 AND idempotency_key = $2"
+            ))
+            .bind(owner_id)
+            .bind(key)
+            .fetch_optional(pool)
+            .await
+            .db()
+        })
+    }
+
+    /// Marks a ready document failed (its stored object vanished).
+    pub async fn mark_lost(&self, id: Uuid, error: &str) -> DbResult<bool> {
+        on_db!(self.0, pool => sqlx::query(
+            "UPDATE generated_documents SET status = 'failed', error = $2, updated_at = $3 \
+             WHERE id = $1 AND status = 'ready'",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(crate::now())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))
+        .db()
+    }
+
+    /// Whether a document row exists.
+    pub async fn exists(&self, id: Uuid) -> DbResult<bool> {
+        on_db!(self.0, pool => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM generated_documents WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .map(|n| n > 0))
+        .db()
+    }
+
+    /// Documents that were ready before `finished_before`, after `after` (by id), with their
+    /// object keys: the purge walks them page by page.
+    pub async fn ready_after(
+        &self,
+        after: Uuid,
+        finished_before: DateTime<Utc>,
+        limit: i64,
+    ) -> DbResult<Vec<(Uuid, String)>> {
+        on_db!(self.0, pool => sqlx::query_as(
+            "SELECT id, storage_key FROM generated_documents \
+             WHERE status = 'ready' AND storage_key IS NOT NULL AND id > $1 AND finished_at < $2 \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(after)
+        .bind(finished_before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+        .db()
+    }
+
+    /// Up to `limit` documents created before `before`, with their object keys (retention).
+    pub async fn created_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> DbResult<Vec<(Uuid, Option<String>)>> {
+        on_db!(self.0, pool => sqlx::query_as(
+            "SELECT id, storage_key FROM generated_documents \
+             WHERE created_at < $1 AND status IN ('ready', 'failed') ORDER BY created_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(pool)
         .await)
         .db()
     }

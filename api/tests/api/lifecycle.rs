@@ -1,0 +1,550 @@
+//! The job lifecycle: waiting, idempotency, conditional polling, backpressure, retries,
+//! lost jobs and draining.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Backend, TestApp, error_code, free_port, services_configured, spawn_app_with, tool,
+    wait_for_port,
+};
+use crate::on_both_backends;
+
+on_both_backends!(
+    prefer_wait_holds_the_request_until_the_document_is_done,
+    idempotency_key_returns_the_same_document,
+    the_status_resource_supports_conditional_polling,
+    purge_removes_orphans_and_flags_vanished_files,
+);
+
+/// A template that keeps a worker busy for a few seconds (40 × 100 000 loop turns).
+const SLOW_TEMPLATE: &str =
+    "{% for i in range(40) %}{% for j in range(100000) %}{% endfor %}{% endfor %}slow";
+
+async fn prefer_wait_holds_the_request_until_the_document_is_done(app: &TestApp) {
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    let res = app
+        .client
+        .post(app.url("/api/v1/documents/generate"))
+        .bearer_auth(&agent)
+        .header("prefer", "wait=20")
+        .json(&json!({"document_type": "quote", "inline_context": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED, "ready within the wait");
+    assert_eq!(res.headers()["preference-applied"], "wait=20");
+    assert!(
+        res.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/api/v1/documents/")
+    );
+    let doc: Value = res.json().await.unwrap();
+    assert_eq!(doc["status"], "ready");
+
+    let admin = app.admin().await.access_token;
+    let broken = app
+        .create_template(&admin, "Broken", "{{ inline_context.a.b.c }}")
+        .await;
+    let res = app
+        .client
+        .post(app.url("/api/v1/documents/generate"))
+        .bearer_auth(&admin)
+        .header("prefer", "respond-async, wait=99")
+        .json(&json!({"document_type": "quote", "template_id": broken["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "failed within the wait");
+    assert_eq!(
+        res.headers()["preference-applied"],
+        "wait=30",
+        "capped at 30 s"
+    );
+    let doc: Value = res.json().await.unwrap();
+    assert_eq!(doc["status"], "failed");
+    assert!(doc["error"].is_string());
+}
+
+async fn idempotency_key_returns_the_same_document(app: &TestApp) {
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    let other = app
+        .register_and_login("other@example.com")
+        .await
+        .access_token;
+    let body = json!({"document_type": "quote", "inline_context": {"a": 1, "b": [1, 2]}});
+    let send = |token: &str, key: &str, body: &Value| {
+        app.client
+            .post(app.url("/api/v1/documents/generate"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+    };
+    let first = send(&agent, "order-17", &body).await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+
+    // Same key, same request (fields in another order): the same document, no new job.
+    let reordered = json!({"inline_context": {"b": [1, 2], "a": 1}, "document_type": "quote"});
+    let again = send(&agent, "order-17", &reordered).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+
+    let different = send(&agent, "order-17", &json!({"document_type": "invoice"}))
+        .await
+        .unwrap();
+    assert_eq!(different.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(different).await, "idempotency_key_reused");
+
+    let someone_else = send(&other, "order-17", &body).await.unwrap();
+    assert_eq!(
+        someone_else.status(),
+        StatusCode::ACCEPTED,
+        "keys are per user"
+    );
+    let someone_else: Value = someone_else.json().await.unwrap();
+    assert_ne!(someone_else["id"], first["id"]);
+
+    let listed: Value = app
+        .get("/api/v1/documents", Some(&agent))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["total"], 1, "a replay creates nothing");
+}
+
+async fn the_status_resource_supports_conditional_polling(app: &TestApp) {
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    let queued = app
+        .generate(&agent, &json!({"document_type": "quote"}))
+        .await;
+    let id = queued["id"].as_str().unwrap();
+    app.wait_for_document(&agent, id).await;
+    let path = format!("/api/v1/documents/{id}");
+
+    let res = app.get(&path, Some(&agent)).await;
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let not_modified = app
+        .client
+        .get(app.url(&path))
+        .bearer_auth(&agent)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers()["etag"], etag.as_str());
+    assert!(not_modified.bytes().await.unwrap().is_empty());
+
+    let stale = app
+        .client
+        .get(app.url(&path))
+        .bearer_auth(&agent)
+        .header("if-none-match", "\"0-0\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::OK);
+}
+
+async fn purge_removes_orphans_and_flags_vanished_files(app: &TestApp) {
+    let admin = app.admin().await.access_token;
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    let kept = app
+        .generate(&agent, &json!({"document_type": "kept"}))
+        .await;
+    let vanished = app
+        .generate(&agent, &json!({"document_type": "vanished"}))
+        .await;
+    let (kept, vanished) = (
+        kept["id"].as_str().unwrap(),
+        vanished["id"].as_str().unwrap(),
+    );
+    app.wait_for_document(&agent, kept).await;
+    app.wait_for_document(&agent, vanished).await;
+
+    let orphan = format!("documents/{}.html", uuid::Uuid::now_v7());
+    app.state
+        .storage
+        .put(&orphan, "left behind".into())
+        .await
+        .unwrap();
+    app.state
+        .storage
+        .delete(&format!("documents/{vanished}.html"))
+        .await
+        .unwrap();
+    // Files vanishing from under a document that has just become ready are left alone for
+    // a minute; age this one.
+    age_document(app, vanished).await;
+
+    let forbidden = app
+        .post_json("/api/v1/documents/purge-orphans", Some(&agent), &json!({}))
+        .await;
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    let res = app
+        .post_json("/api/v1/documents/purge-orphans", Some(&admin), &json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["removed"], json!([orphan]));
+    assert_eq!(report["count"], 1);
+    assert_eq!(report["lost"], json!([vanished]));
+
+    assert!(!app.object_exists(&orphan).await);
+    assert!(app.object_exists(&format!("documents/{kept}.html")).await);
+    let doc: Value = app
+        .get(&format!("/api/v1/documents/{vanished}"), Some(&agent))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["status"], "failed");
+    assert_eq!(doc["error"], "the stored file has vanished");
+}
+
+/// Moves a document's finish time two minutes back.
+async fn age_document(app: &TestApp, id: &str) {
+    let id: uuid::Uuid = id.parse().unwrap();
+    let finished = common::now() - chrono::Duration::minutes(2);
+    common::on_db!(&app.state.db, pool => {
+        sqlx::query("UPDATE generated_documents SET finished_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(finished)
+            .execute(pool)
+            .await
+            .unwrap();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_refuses_work_past_the_queue_limit() {
+    let app = spawn_app_with(Backend::Sqlite, &[("MAX_QUEUED_DOCUMENTS", "2")], false).await;
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    for _ in 0..2 {
+        app.generate(&agent, &json!({"document_type": "quote"}))
+            .await;
+    }
+    // The count is cached for a quarter of a second, so a burst may overshoot the limit a
+    // little before the refusals start; they must start, and then hold.
+    let body = json!({"document_type": "quote"});
+    let generate = || app.post_json("/api/v1/documents/generate", Some(&agent), &body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let res = loop {
+        let res = generate().await;
+        if res.status() != StatusCode::ACCEPTED {
+            break res;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "5");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(error_code(res).await, "unavailable");
+    let queued = app.state.db.documents().count_queued().await.unwrap();
+    assert!(queued >= 2);
+    let again = generate().await;
+    assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        app.state.db.documents().count_queued().await.unwrap(),
+        queued,
+        "a refused request leaves no row"
+    );
+    app.stop().await;
+}
+
+async fn wait_all_ready(app: &TestApp, token: &str, ids: &[String]) -> Vec<Value> {
+    let mut docs = Vec::new();
+    for id in ids {
+        docs.push(app.wait_for_document(token, id).await);
+    }
+    docs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
+    if !services_configured() {
+        return;
+    }
+    // A private Redis: FLUSHALL must not touch the other tests' queues.
+    let port = free_port();
+    let _redis = tokio::process::Command::new(tool("redis-server"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server starts");
+    wait_for_port(port).await;
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    let lifecycle = [
+        ("REDIS_URL", redis_url.as_str()),
+        ("QUEUED_LEASE_SECONDS", "1"),
+        ("RECONCILE_INTERVAL_MS", "200"),
+    ];
+    let app = spawn_app_with(Backend::PostgresRedis, &lifecycle, false).await;
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let doc = app
+            .generate(
+                &agent,
+                &json!({"document_type": "quote", "inline_context": {"n": n}}),
+            )
+            .await;
+        ids.push(doc["id"].as_str().unwrap().to_owned());
+    }
+    let status = tokio::process::Command::new(tool("redis-cli"))
+        .args(["-p", &port.to_string(), "FLUSHALL"])
+        .output()
+        .await
+        .unwrap();
+    assert!(status.status.success());
+
+    let _worker = app.start_worker(&[]);
+    for doc in wait_all_ready(&app, &agent, &ids).await {
+        assert_eq!(doc["status"], "ready", "{doc}");
+        assert_eq!(doc["attempts"], 1, "rendered exactly once: {doc}");
+    }
+    assert!(
+        app.worker_log()
+            .contains("lease expired; enqueueing the document again")
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_loses_no_document() {
+    if !services_configured() {
+        return;
+    }
+    let lifecycle = [
+        ("JOB_TIMEOUT_SECONDS", "20"),
+        ("RECONCILE_INTERVAL_MS", "200"),
+        ("RENDER_FUEL", "1000000000"),
+    ];
+    let app = spawn_app_with(Backend::PostgresRedis, &lifecycle, false).await;
+    let admin = app.admin().await.access_token;
+    let slow = app.create_template(&admin, "Slow", SLOW_TEMPLATE).await;
+    let doc = app
+        .generate(
+            &admin,
+            &json!({"document_type": "quote", "template_id": slow["id"]}),
+        )
+        .await;
+    let id = doc["id"].as_str().unwrap();
+
+    let mut first = app.start_worker(&[]);
+    wait_for_status(&app, &admin, id, "processing").await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+
+    let _second = app.start_worker(&[]);
+    let done = app
+        .wait_for_document_within(&admin, id, Duration::from_secs(90))
+        .await;
+    assert_eq!(done["status"], "ready", "{done}");
+    assert_eq!(
+        done["attempts"], 2,
+        "one attempt died with its worker, the next finished: {done}"
+    );
+    let body = app
+        .get(&format!("/api/v1/documents/{id}/download"), Some(&admin))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "slow");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued() {
+    if !services_configured() {
+        return;
+    }
+    let app = spawn_app_with(
+        Backend::PostgresRedis,
+        &[("RENDER_FUEL", "1000000000")],
+        false,
+    )
+    .await;
+    let admin = app.admin().await.access_token;
+    let slow = app.create_template(&admin, "Slow", SLOW_TEMPLATE).await;
+    let busy = app
+        .generate(
+            &admin,
+            &json!({"document_type": "quote", "template_id": slow["id"]}),
+        )
+        .await;
+    let busy = busy["id"].as_str().unwrap();
+
+    let mut worker = app.start_worker(&[("WORKER_CONCURRENCY", "1")]);
+    wait_for_status(&app, &admin, busy, "processing").await;
+    let waiting = app
+        .generate(&admin, &json!({"document_type": "quote"}))
+        .await;
+    let waiting = waiting["id"].as_str().unwrap();
+
+    let pid = worker.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("the worker exits")
+        .unwrap();
+    assert!(exit.success(), "a drained worker exits cleanly: {exit:?}");
+
+    let drained: Value = app
+        .get(&format!("/api/v1/documents/{busy}"), Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        drained["status"], "ready",
+        "the in-flight job finished: {drained}"
+    );
+    assert_eq!(drained["attempts"], 1);
+    let left: Value = app
+        .get(&format!("/api/v1/documents/{waiting}"), Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        left["status"], "queued",
+        "the queued job was not started: {left}"
+    );
+
+    let _next = app.start_worker(&[]);
+    assert_eq!(
+        app.wait_for_document(&admin, waiting).await["status"],
+        "ready"
+    );
+    app.stop().await;
+}
+
+async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let doc: Value = app
+            .get(&format!("/api/v1/documents/{id}"), Some(token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if doc["status"] == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never reached {status}: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_with_backoff_then_given_up() {
+    let retries = [("JOB_RETRY_BASE_MS", "50"), ("JOB_MAX_ATTEMPTS", "3")];
+    let app = crate::helpers::spawn_app(Backend::Sqlite, &retries).await;
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    // A file where the documents folder should be: every store fails until it is removed.
+    let blocker = app.state.settings.storage_dir.join("documents");
+    std::fs::write(&blocker, "not a folder").unwrap();
+
+    let doc = app
+        .generate(&agent, &json!({"document_type": "quote"}))
+        .await;
+    let id = doc["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let doc: Value = app
+            .get(&format!("/api/v1/documents/{id}"), Some(&agent))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("retrying"))
+        {
+            assert_ne!(doc["status"], "failed");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry recorded: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::remove_file(&blocker).unwrap();
+    let done = app.wait_for_document(&agent, id).await;
+    assert_eq!(done["status"], "ready", "{done}");
+    assert!(done["attempts"].as_i64().unwrap() >= 2, "{done}");
+    assert!(done["error"].is_null());
+
+    std::fs::rename(
+        app.state.settings.storage_dir.join("documents"),
+        app.state.settings.storage_dir.join("moved"),
+    )
+    .unwrap();
+    std::fs::write(&blocker, "not a folder").unwrap();
+    let doomed = app
+        .generate(&agent, &json!({"document_type": "quote"}))
+        .await;
+    let doomed = app
+        .wait_for_document(&agent, doomed["id"].as_str().unwrap())
+        .await;
+    assert_eq!(doomed["status"], "failed");
+    assert_eq!(doomed["attempts"], 3);
+    assert!(
+        doomed["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("gave up after 3 attempts"),
+        "{doomed}"
+    );
+    app.stop().await;
+}
