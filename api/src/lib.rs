@@ -141,13 +141,13 @@ impl Application {
         let state = self.state.clone();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let worker = self.embedded_worker.then(|| {
-            let deps = Arc::new(worker::Deps {
-                settings: state.settings.clone(),
-                db: state.db.clone(),
-                storage: state.storage.clone(),
-                metrics: state.metrics.clone(),
-                queue: state.queue.clone(),
-            });
+            let deps = Arc::new(worker::Deps::new(
+                state.settings.clone(),
+                state.db.clone(),
+                state.storage.clone(),
+                state.metrics.clone(),
+                state.queue.clone(),
+            ));
             let mut rx = stop_rx.clone();
             tokio::spawn(worker::run(deps, async move {
                 let _ = rx.wait_for(|stop| *stop).await;

@@ -179,7 +179,15 @@ pub struct TemplateVersion {
 pub struct Timings {
     pub queue_ms: i64,
     pub render_ms: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compress_ms: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub encrypt_ms: f64,
     pub store_ms: f64,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 /// A generated document: the row is the truth about where its job stands.

@@ -69,9 +69,8 @@ pub struct Settings {
     /// GETs for documents stored neither compressed nor encrypted).
     pub signed_url_mode: SignedUrlMode,
     /// `ENCRYPTION_KEYS`: JSON map key id → base64 32-byte AES key, for documents at rest.
-    pub encryption_keys: BTreeMap<String, SecretString>,
-    /// `ENCRYPTION_ACTIVE_KID`: the key new documents are encrypted with.
-    pub encryption_active_kid: Option<String>,
+    /// (`ENCRYPTION_ACTIVE_KID` names the active one.)
+    pub encryption_keys: crate::envelope::EncryptionKeys,
     /// `DEFAULT_COMPRESS` / `DEFAULT_ENCRYPT`: applied when a request does not say.
     pub default_compress: bool,
     pub default_encrypt: bool,
@@ -319,11 +318,11 @@ impl Settings {
             s3_secret_access_key: either("S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
                 .map(SecretString::from),
             signed_url_mode,
-            encryption_keys: encryption_keys
-                .into_iter()
-                .map(|(kid, key)| (kid, SecretString::from(key)))
-                .collect(),
-            encryption_active_kid,
+            encryption_keys: crate::envelope::EncryptionKeys::parse(
+                &serde_json::to_string(&encryption_keys)?,
+                encryption_active_kid.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!("ENCRYPTION_KEYS / ENCRYPTION_ACTIVE_KID: {e}"))?,
             default_compress: parse_bool(&get, "DEFAULT_COMPRESS", false)?,
             default_encrypt: parse_bool(&get, "DEFAULT_ENCRYPT", false)?,
             max_queued_documents: parse_value(&get, "MAX_QUEUED_DOCUMENTS", "10000")?,

@@ -25,6 +25,7 @@ use common::storage::Storage;
 use common::telemetry::Metrics;
 use common::{Db, Settings};
 use futures::StreamExt;
+use render::pdf::{PdfConfig, PdfEngine};
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span};
 
@@ -36,6 +37,38 @@ pub struct Deps {
     pub metrics: Metrics,
     /// For delayed retries.
     pub queue: JobQueue,
+    /// Warm wkhtmltopdf processes.
+    pub pdf: PdfEngine,
+}
+
+impl Deps {
+    /// Everything a worker needs, from the settings and the handles already opened.
+    pub fn new(
+        settings: Settings,
+        db: Db,
+        storage: Storage,
+        metrics: Metrics,
+        queue: JobQueue,
+    ) -> Deps {
+        Deps {
+            pdf: pdf_engine(&settings),
+            settings,
+            db,
+            storage,
+            metrics,
+            queue,
+        }
+    }
+}
+
+/// A PDF engine pool sized by `PDF_CONCURRENCY`.
+pub fn pdf_engine(settings: &Settings) -> PdfEngine {
+    PdfEngine::new(PdfConfig {
+        binary: settings.wkhtmltopdf_path.clone(),
+        pool_size: settings.pdf_concurrency,
+        max_jobs_per_process: settings.pdf_max_jobs_per_process,
+        timeout: settings.pdf_timeout,
+    })
 }
 
 /// A name no other worker process shares: apalis refuses to register a name seen in the
@@ -127,6 +160,7 @@ pub async fn run(
         .await;
     let _ = stop_tx.send(true);
     let _ = periodic.await;
+    deps.pdf.shutdown().await;
     result?;
     info!("worker stopped");
     Ok(())

@@ -24,13 +24,8 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::connect(&settings).await?;
     db.migrate().await?;
     let queue = JobQueue::connect(&settings).await?;
-    let deps = Arc::new(Deps {
-        storage: Storage::open(&settings)?,
-        metrics: Metrics::new(),
-        db,
-        queue,
-        settings,
-    });
+    let storage = Storage::open(&settings)?;
+    let deps = Arc::new(Deps::new(settings, db, storage, Metrics::new(), queue));
 
     let listener = tokio::net::TcpListener::bind(deps.settings.worker_http_addr)
         .await

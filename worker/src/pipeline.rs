@@ -21,7 +21,10 @@ use common::storage::Storage;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use common::envelope;
+
 use crate::Deps;
+use crate::render::pdf::PdfOptions;
 use crate::render::{self, RenderError};
 
 /// How a job went wrong.
@@ -198,47 +201,114 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
     let format = doc.output_format.as_str();
 
     let started = Instant::now();
-    let source = match doc.template_version_id {
-        Some(version_id) => Some(
-            deps.db
+    let (source, options) = match doc.template_version_id {
+        Some(version_id) => {
+            let version = deps
+                .db
                 .templates()
                 .version_by_id(version_id)
                 .await?
                 .ok_or_else(|| {
                     JobError::Permanent(format!("template version {version_id} no longer exists"))
-                })?
-                .content,
-        ),
-        None => None,
+                })?;
+            let options = deps
+                .db
+                .templates()
+                .get(version.template_id)
+                .await?
+                .map(|template| template.options.0)
+                .unwrap_or_default();
+            (Some(version.content), options)
+        }
+        None => (None, Default::default()),
     };
     let context = render_context(doc);
+    let (fuel, limit) = (deps.settings.render_fuel, deps.settings.max_output_bytes);
     let bytes = match doc.output_format {
-        OutputFormat::Html => {
+        OutputFormat::Html | OutputFormat::Pdf => {
             let source = source.unwrap_or_else(|| render::BUILTIN_HTML.to_owned());
-            let (fuel, limit) = (deps.settings.render_fuel, deps.settings.max_output_bytes);
-            let html = tokio::task::spawn_blocking(move || {
-                render::render_html(&source, &context, fuel, limit)
-            })
-            .await
-            .map_err(|e| JobError::Transient(e.into()))??;
-            Bytes::from(html)
+            let html =
+                blocking(move || render::render_html(&source, &context, fuel, limit)).await??;
+            if doc.output_format == OutputFormat::Html {
+                Bytes::from(html)
+            } else {
+                let options = PdfOptions::from_template_options(&options)?;
+                deps.metrics
+                    .stage(format, "render", started.elapsed().as_secs_f64());
+                let pdf_started = Instant::now();
+                let pdf = deps.pdf.render(&html, &options).await;
+                deps.metrics.engine_restarts.set(deps.pdf.restarts() as i64);
+                deps.metrics.engine_recycled.set(deps.pdf.recycled() as i64);
+                let pdf =
+                    pdf.map_err(|e| JobError::Transient(anyhow::anyhow!("PDF engine: {e}")))?;
+                deps.metrics
+                    .stage(format, "pdf", pdf_started.elapsed().as_secs_f64());
+                if pdf.len() > limit {
+                    return Err(RenderError::TooLarge {
+                        size: pdf.len(),
+                        limit,
+                    }
+                    .into());
+                }
+                Bytes::from(pdf)
+            }
         }
-        other => {
-            return Err(JobError::Permanent(format!(
-                "output format {other} is not supported yet"
-            )));
+        OutputFormat::Xlsx => {
+            let xlsx = blocking(move || {
+                render::xlsx::render_xlsx(source.as_deref(), &context, fuel, limit)
+            })
+            .await??;
+            Bytes::from(xlsx)
         }
     };
     let render_time = started.elapsed().as_secs_f64();
     timings.render_ms = render_time * 1000.0;
-    deps.metrics.stage(format, "render", render_time);
+    if doc.output_format != OutputFormat::Pdf {
+        deps.metrics.stage(format, "render", render_time);
+    }
 
     let checksum = hex::encode(Sha256::digest(&bytes));
     let size = bytes.len();
+    let stored = if doc.compress || doc.encrypt {
+        let (compress, encrypt) = (doc.compress, doc.encrypt);
+        let keys = deps.settings.encryption_keys.clone();
+        let plain = bytes.clone();
+        let (stored, compress_time, encrypt_time) = blocking(move || -> Result<_, JobError> {
+            let started = Instant::now();
+            let compressed = if compress {
+                Bytes::from(envelope::seal(&plain, true, None).map_err(seal_error)?)
+            } else {
+                plain
+            };
+            let compress_time = started.elapsed();
+            let started = Instant::now();
+            let sealed = if encrypt {
+                Bytes::from(envelope::seal(&compressed, false, Some(&keys)).map_err(seal_error)?)
+            } else {
+                compressed
+            };
+            Ok((sealed, compress_time, started.elapsed()))
+        })
+        .await??;
+        if compress {
+            timings.compress_ms = compress_time.as_secs_f64() * 1000.0;
+            deps.metrics
+                .stage(format, "compress", compress_time.as_secs_f64());
+        }
+        if encrypt {
+            timings.encrypt_ms = encrypt_time.as_secs_f64() * 1000.0;
+            deps.metrics
+                .stage(format, "encrypt", encrypt_time.as_secs_f64());
+        }
+        stored
+    } else {
+        bytes
+    };
 
     let started = Instant::now();
     let key = Storage::document_key(doc.id, doc.output_format);
-    deps.storage.put(&key, bytes.clone()).await?;
+    let stored_size = stored.len();
+    deps.storage.put(&key, stored).await?;
     let store_time = started.elapsed().as_secs_f64();
     timings.store_ms = store_time * 1000.0;
     deps.metrics.stage(format, "store", store_time);
@@ -246,10 +316,24 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
     Ok(Stored {
         key,
         size,
-        stored_size: bytes.len(),
+        stored_size,
         checksum,
         timings,
     })
+}
+
+/// Runs CPU-bound work (template rendering, compression, encryption) off the async
+/// runtime, which the API shares in the embedded mode.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, JobError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| JobError::Transient(e.into()))
+}
+
+fn seal_error(err: envelope::EnvelopeError) -> JobError {
+    JobError::Transient(anyhow::anyhow!("cannot seal the document: {err}"))
 }
 
 /// The variables a template sees. `policy`, `client` and `company` stay null until the

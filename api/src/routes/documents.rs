@@ -11,6 +11,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
+use bytes::Bytes;
+use futures::StreamExt;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -48,10 +50,10 @@ struct GenerateBody {
     policy_id: Option<Uuid>,
     inline_context: Option<serde_json::Value>,
     output_format: Option<OutputFormat>,
-    #[serde(default)]
-    compress: bool,
-    #[serde(default)]
-    encrypt: bool,
+    /// Brotli at rest; `DEFAULT_COMPRESS` when absent.
+    compress: Option<bool>,
+    /// AES-256-GCM at rest; `DEFAULT_ENCRYPT` when absent.
+    encrypt: Option<bool>,
 }
 
 /// How long `Prefer: wait=N` may hold a request.
@@ -102,12 +104,8 @@ async fn generate(
         Some(value @ serde_json::Value::Object(_)) => value,
         Some(_) => return Err(ApiError::invalid("inline_context", "must be a JSON object")),
     };
-    if body.compress || body.encrypt {
-        return Err(ApiError::invalid(
-            if body.compress { "compress" } else { "encrypt" },
-            "compression and encryption at rest are not available on this server yet",
-        ));
-    }
+    let compress = body.compress.unwrap_or(state.settings.default_compress);
+    let encrypt = body.encrypt.unwrap_or(state.settings.default_encrypt);
     if body.policy_id.is_some() {
         return Err(ApiError::not_found("Policy not found."));
     }
@@ -174,8 +172,8 @@ async fn generate(
             template_version_id: version_id,
             policy_id: body.policy_id,
             inline_context: &inline_context,
-            compress: body.compress,
-            encrypt: body.encrypt,
+            compress,
+            encrypt,
             request_id: meta.request_id.as_deref(),
             idempotency_key: idempotency_key.as_deref(),
             request_hash: Some(&request_hash),
@@ -351,29 +349,23 @@ fn document_etag(doc: &Document) -> HeaderValue {
     HeaderValue::from_str(&tag).expect("ascii")
 }
 
-/// An HTML template renders to HTML or PDF; an XLSX template only to XLSX. PDF and XLSX
-/// rendering are not built yet, so they are refused here rather than failing later.
+/// An HTML template renders to HTML or PDF; an XLSX template only to XLSX; the built-in
+/// layout (no template) to any format.
 fn check_format(template: Option<OutputFormat>, output: OutputFormat) -> ApiResult<()> {
     let compatible = match template {
-        None | Some(OutputFormat::Html) | Some(OutputFormat::Pdf) => output != OutputFormat::Xlsx,
+        None => true,
+        Some(OutputFormat::Html) | Some(OutputFormat::Pdf) => output != OutputFormat::Xlsx,
         Some(OutputFormat::Xlsx) => output == OutputFormat::Xlsx,
     };
-    if !compatible {
-        return Err(ApiError::invalid(
+    if compatible {
+        Ok(())
+    } else {
+        let template = template.map_or("built-in", |f| f.as_str());
+        Err(ApiError::invalid(
             "output_format",
-            format!(
-                "a {} template cannot be rendered to {output}",
-                template.map_or("built-in", |f| f.as_str())
-            ),
-        ));
+            format!("a {template} template cannot be rendered to {output}"),
+        ))
     }
-    if output != OutputFormat::Html {
-        return Err(ApiError::invalid(
-            "output_format",
-            format!("{output} output is not available on this server yet; use html"),
-        ));
-    }
-    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -604,10 +596,43 @@ async fn download(
     )
     .await;
 
+    // Compressed or encrypted objects are opened as they stream: memory stays bounded
+    // whatever the size, and a tampered object aborts the transfer instead of ending it
+    // cleanly with altered bytes.
+    let (length, body) = if doc.compress || doc.encrypt {
+        let mut plain = common::envelope::open_stream(
+            object.stream,
+            doc.compress,
+            doc.encrypt,
+            state.settings.encryption_keys.clone(),
+        );
+        // The first piece proves the key and the header before any status is sent, so a
+        // document the configured keys cannot open gets an error answer, not a cut stream.
+        let first = match plain.next().await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(err)) => {
+                tracing::error!(error = %err, document_id = %doc.id, "a stored document cannot be opened");
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "document_unreadable",
+                    "The stored document cannot be opened.",
+                ));
+            }
+            None => Bytes::new(),
+        };
+        let plain =
+            futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(plain);
+        (
+            doc.size_bytes.unwrap_or_default() as u64,
+            Body::from_stream(plain),
+        )
+    } else {
+        (object.size, Body::from_stream(object.stream))
+    };
     let filename = download_name(&doc);
     let headers = [
         (header::CONTENT_TYPE, doc.mime_type.clone()),
-        (header::CONTENT_LENGTH, object.size.to_string()),
+        (header::CONTENT_LENGTH, length.to_string()),
         (
             header::CONTENT_DISPOSITION,
             format!("attachment; filename=\"{filename}\""),
@@ -615,7 +640,7 @@ async fn download(
         (header::ETAG, format!("\"{checksum}\"")),
         (header::CACHE_CONTROL, "private, no-store".to_owned()),
     ];
-    let mut response = (headers, Body::from_stream(object.stream)).into_response();
+    let mut response = (headers, body).into_response();
     if let Ok(value) = HeaderValue::from_str(checksum) {
         response.headers_mut().insert("x-checksum", value);
     }

@@ -98,13 +98,25 @@ fn check_text(field: &str, value: &str, max: usize) -> ApiResult<()> {
     Ok(())
 }
 
-/// Refuses HTML content the template engine cannot parse, so the mistake shows when it is
-/// saved rather than as a failed document later.
+/// Refuses content the renderer cannot parse (HTML templates, XLSX sheet specs), so the
+/// mistake shows when it is saved rather than as a failed document later.
 fn check_content(format: OutputFormat, content: &str) -> ApiResult<()> {
+    let checked = match format {
+        OutputFormat::Xlsx => worker::render::xlsx::check_spec(content),
+        OutputFormat::Html | OutputFormat::Pdf => worker::render::check_syntax(content),
+    };
+    checked.map_err(|e| ApiError::invalid("content", e.to_string()))
+}
+
+/// Refuses page-layout options the PDF engine would not accept (HTML templates may be
+/// rendered to PDF too).
+fn check_options(format: OutputFormat, options: &TemplateOptions) -> ApiResult<()> {
     if format == OutputFormat::Xlsx {
         return Ok(());
     }
-    worker::render::check_syntax(content).map_err(|e| ApiError::invalid("content", e.to_string()))
+    worker::render::pdf::PdfOptions::from_template_options(options)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid("options", e.to_string()))
 }
 
 fn duplicate(err: DbError) -> ApiError {
@@ -130,6 +142,7 @@ async fn create(
     if let Some(content) = &body.content {
         check_content(body.format, content)?;
     }
+    check_options(body.format, &body.options)?;
     let (template, version) = state
         .db
         .templates()
@@ -198,6 +211,13 @@ async fn update(
     }
     if let Some(scope) = &body.scope {
         check_text("scope", scope, 20)?;
+    }
+    if let Some(options) = &body.options {
+        let format = match body.format {
+            Some(format) => format,
+            None => find(&state, id).await?.format,
+        };
+        check_options(format, options)?;
     }
     let patch = TemplatePatch {
         name: body.name.map(|s| s.trim().to_owned()),

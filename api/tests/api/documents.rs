@@ -370,9 +370,9 @@ async fn generate_refuses_bad_requests(app: &TestApp) {
             "output_format",
         ),
         (
-            json!({"document_type": "q", "output_format": "pdf"}),
+            json!({"document_type": "q", "compress": "yes"}),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "output_format",
+            "compress",
         ),
         (
             json!({"document_type": "q", "output_format": "docx"}),

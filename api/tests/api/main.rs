@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod cli;
 mod documents;
+mod formats;
 mod lifecycle;
 mod ops;
 mod templates;
