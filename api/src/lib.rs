@@ -50,6 +50,9 @@ pub struct AppInner {
     pub public_base_url: String,
     /// The security headers every answer carries, computed once.
     pub security_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Warm PDF engines for template previews, shared with the embedded worker; processes
+    /// start on first use.
+    pub pdf: worker::render::pdf::PdfEngine,
     /// The number of queued documents, recounted at most every [`QUEUED_COUNT_TTL`] so
     /// backpressure costs one count per interval, not one per request.
     queued: tokio::sync::Mutex<Option<(std::time::Instant, i64)>>,
@@ -110,6 +113,7 @@ impl Application {
             security_headers: middleware::security_header_list(&settings)?,
             request_id_header,
             queued: tokio::sync::Mutex::new(None),
+            pdf: worker::pdf_engine(&settings),
             settings,
             db,
             queue,
@@ -141,13 +145,14 @@ impl Application {
         let state = self.state.clone();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let worker = self.embedded_worker.then(|| {
-            let deps = Arc::new(worker::Deps::new(
-                state.settings.clone(),
-                state.db.clone(),
-                state.storage.clone(),
-                state.metrics.clone(),
-                state.queue.clone(),
-            ));
+            let deps = Arc::new(worker::Deps {
+                settings: state.settings.clone(),
+                db: state.db.clone(),
+                storage: state.storage.clone(),
+                metrics: state.metrics.clone(),
+                queue: state.queue.clone(),
+                pdf: state.pdf.clone(),
+            });
             let mut rx = stop_rx.clone();
             tokio::spawn(worker::run(deps, async move {
                 let _ = rx.wait_for(|stop| *stop).await;
@@ -177,6 +182,7 @@ impl Application {
         if let Some(worker) = worker {
             worker.await.context("the worker task panicked")??;
         }
+        state.pdf.shutdown().await;
         state.db.close().await;
         Ok(())
     }

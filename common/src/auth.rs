@@ -170,6 +170,10 @@ mod tests {
         let mut map: HashMap<String, String> = [
             ("JWT_SECRET_KEY", "a-test-secret-that-is-long-enough-0123"),
             ("SIGNATURE_KEYS", r#"{"k1":"sig"}"#),
+            (
+                "ENCRYPTION_KEYS",
+                r#"{"e1":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}"#,
+            ),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

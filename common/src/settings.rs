@@ -478,8 +478,7 @@ fn load_or_generate_secrets(data_dir: &Path) -> anyhow::Result<GeneratedSecrets>
             .with_context(|| format!("{} is not a valid secrets file", path.display()))?;
         if secrets.encryption_key.is_none() {
             secrets.encryption_key = Some(random_key_base64());
-            let tmp = path.with_extension("json.new");
-            let _ = std::fs::remove_file(&tmp);
+            let tmp = data_dir.join(format!(".secrets.{}.json", uuid::Uuid::new_v4().simple()));
             write_private_file(&tmp, &serde_json::to_vec_pretty(&secrets)?)?;
             std::fs::rename(&tmp, &path)
                 .with_context(|| format!("cannot update {}", path.display()))?;
@@ -494,7 +493,20 @@ fn load_or_generate_secrets(data_dir: &Path) -> anyhow::Result<GeneratedSecrets>
         signature_secret: random_secret(),
         encryption_key: Some(random_key_base64()),
     };
-    write_private_file(&path, &serde_json::to_vec_pretty(&secrets)?)?;
+    // Written aside, then linked into place: the file appears complete or not at all, and
+    // when another process (an API and a worker starting together) links first, its
+    // secrets win and are read back.
+    let tmp = data_dir.join(format!(".secrets.{}.json", uuid::Uuid::new_v4().simple()));
+    write_private_file(&tmp, &serde_json::to_vec_pretty(&secrets)?)?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            return load_or_generate_secrets(data_dir);
+        }
+        Err(err) => return Err(err).with_context(|| format!("cannot create {}", path.display())),
+    }
     tracing::warn!(
         path = %path.display(),
         "no JWT_SECRET_KEY or SIGNATURE_KEYS configured: generated random secrets and kept them \
@@ -584,6 +596,10 @@ mod tests {
             ("JWT_SECRET_KEY", "x"),
             ("SIGNATURE_KEYS", r#"{"a":"s1","b":"s2"}"#),
             ("SIGNATURE_ACTIVE_KID", "c"),
+            (
+                "ENCRYPTION_KEYS",
+                r#"{"e1":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}"#,
+            ),
         ])
         .unwrap_err();
         assert!(err.to_string().contains("SIGNATURE_ACTIVE_KID"), "{err}");

@@ -14,8 +14,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::Settings;
 use common::db::documents::Outcome;
-use common::model::{Document, OutputFormat, Timings};
+use common::model::{Document, OutputFormat, TemplateOptions, Timings};
 use common::queue::RenderJob;
 use common::storage::Storage;
 use sha2::{Digest, Sha256};
@@ -24,7 +25,7 @@ use tracing::{info, warn};
 use common::envelope;
 
 use crate::Deps;
-use crate::render::pdf::PdfOptions;
+use crate::render::pdf::{PdfEngine, PdfOptions};
 use crate::render::{self, RenderError};
 
 /// How a job went wrong.
@@ -223,49 +224,21 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
         None => (None, Default::default()),
     };
     let context = render_context(doc);
-    let (fuel, limit) = (deps.settings.render_fuel, deps.settings.max_output_bytes);
-    let bytes = match doc.output_format {
-        OutputFormat::Html | OutputFormat::Pdf => {
-            let source = source.unwrap_or_else(|| render::BUILTIN_HTML.to_owned());
-            let html =
-                blocking(move || render::render_html(&source, &context, fuel, limit)).await??;
-            if doc.output_format == OutputFormat::Html {
-                Bytes::from(html)
-            } else {
-                let options = PdfOptions::from_template_options(&options)?;
-                deps.metrics
-                    .stage(format, "render", started.elapsed().as_secs_f64());
-                let pdf_started = Instant::now();
-                let pdf = deps.pdf.render(&html, &options).await;
-                deps.metrics.engine_restarts.set(deps.pdf.restarts() as i64);
-                deps.metrics.engine_recycled.set(deps.pdf.recycled() as i64);
-                let pdf =
-                    pdf.map_err(|e| JobError::Transient(anyhow::anyhow!("PDF engine: {e}")))?;
-                deps.metrics
-                    .stage(format, "pdf", pdf_started.elapsed().as_secs_f64());
-                if pdf.len() > limit {
-                    return Err(RenderError::TooLarge {
-                        size: pdf.len(),
-                        limit,
-                    }
-                    .into());
-                }
-                Bytes::from(pdf)
-            }
-        }
-        OutputFormat::Xlsx => {
-            let xlsx = blocking(move || {
-                render::xlsx::render_xlsx(source.as_deref(), &context, fuel, limit)
-            })
-            .await??;
-            Bytes::from(xlsx)
-        }
-    };
+    let bytes = render_bytes(
+        &deps.pdf,
+        &deps.settings,
+        doc.output_format,
+        source,
+        &options,
+        context,
+    )
+    .await;
+    deps.metrics.engine_restarts.set(deps.pdf.restarts() as i64);
+    deps.metrics.engine_recycled.set(deps.pdf.recycled() as i64);
+    let bytes = bytes?;
     let render_time = started.elapsed().as_secs_f64();
     timings.render_ms = render_time * 1000.0;
-    if doc.output_format != OutputFormat::Pdf {
-        deps.metrics.stage(format, "render", render_time);
-    }
+    deps.metrics.stage(format, "render", render_time);
 
     let checksum = hex::encode(Sha256::digest(&bytes));
     let size = bytes.len();
@@ -322,6 +295,53 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
     })
 }
 
+/// Renders a template (`None`: the built-in layout) with `context` to `format`: HTML through
+/// minijinja, PDF through the warm engine with the template's page layout, XLSX from the
+/// sheet spec. Shared by jobs and template previews.
+pub async fn render_bytes(
+    pdf: &PdfEngine,
+    settings: &Settings,
+    format: OutputFormat,
+    source: Option<String>,
+    options: &TemplateOptions,
+    context: serde_json::Value,
+) -> Result<Bytes, JobError> {
+    let (fuel, limit) = (settings.render_fuel, settings.max_output_bytes);
+    match format {
+        OutputFormat::Html | OutputFormat::Pdf => {
+            // The layout is checked before rendering: a bad option fails fast.
+            let layout = (format == OutputFormat::Pdf)
+                .then(|| PdfOptions::from_template_options(options))
+                .transpose()?;
+            let source = source.unwrap_or_else(|| render::BUILTIN_HTML.to_owned());
+            let html =
+                blocking(move || render::render_html(&source, &context, fuel, limit)).await??;
+            let Some(layout) = layout else {
+                return Ok(Bytes::from(html));
+            };
+            let pdf = pdf
+                .render(&html, &layout)
+                .await
+                .map_err(|e| JobError::Transient(anyhow::anyhow!("PDF engine: {e}")))?;
+            if pdf.len() > limit {
+                return Err(RenderError::TooLarge {
+                    size: pdf.len(),
+                    limit,
+                }
+                .into());
+            }
+            Ok(Bytes::from(pdf))
+        }
+        OutputFormat::Xlsx => {
+            let xlsx = blocking(move || {
+                render::xlsx::render_xlsx(source.as_deref(), &context, fuel, limit)
+            })
+            .await??;
+            Ok(Bytes::from(xlsx))
+        }
+    }
+}
+
 /// Runs CPU-bound work (template rendering, compression, encryption) off the async
 /// runtime, which the API shares in the embedded mode.
 async fn blocking<T: Send + 'static>(
@@ -339,17 +359,28 @@ fn seal_error(err: envelope::EnvelopeError) -> JobError {
 /// The variables a template sees. `policy`, `client` and `company` stay null until the
 /// business resources exist.
 pub fn render_context(doc: &Document) -> serde_json::Value {
-    serde_json::json!({
-        "inline_context": doc.inline_context.0,
-        "policy": null,
-        "client": null,
-        "company": null,
-        "document": {
+    template_context(
+        &doc.inline_context.0,
+        serde_json::json!({
             "id": doc.id,
             "document_type": doc.document_type,
             "output_format": doc.output_format,
             "created_at": doc.created_at,
-        },
+        }),
+    )
+}
+
+/// The context for `inline_context` and a `document` description.
+pub fn template_context(
+    inline_context: &serde_json::Value,
+    document: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "inline_context": inline_context,
+        "policy": null,
+        "client": null,
+        "company": null,
+        "document": document,
         "now": common::now(),
     })
 }

@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/{id}", get(read).patch(update).delete(remove))
         .route("/{id}/versions", post(add_version))
         .route("/{id}/versions/{version}", get(read_version))
+        .route("/{id}/versions/{version}/preview", post(preview))
 }
 
 #[derive(Deserialize)]
@@ -323,4 +324,91 @@ async fn audit(
         },
     )
     .await;
+}
+
+/// What a preview renders when the request gives no context.
+fn sample_context() -> serde_json::Value {
+    serde_json::json!({
+        "example": "Preview",
+        "client": "Jane Doe",
+        "insured": "Jane Doe",
+        "policy_number": "POL-0001",
+        "premium": 125000,
+        "currency": "XAF",
+        "policies": [
+            {"number": "POL-0001", "premium": 125000, "start": "2026-01-01"},
+            {"number": "POL-0002", "premium": 80000, "start": "2026-02-01"}
+        ]
+    })
+}
+
+#[derive(Deserialize, Default)]
+struct PreviewBody {
+    inline_context: Option<serde_json::Value>,
+    policy_id: Option<Uuid>,
+}
+
+/// Renders a version now, with the request's context or a built-in sample, and answers
+/// the bytes in the template's format. Nothing is stored.
+async fn preview(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((id, number)): Path<(Uuid, i32)>,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::response::Response> {
+    user.require(Role::Manager)?;
+    let body: PreviewBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PreviewBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::invalid("body", e.to_string()),
+            _ => ApiError::bad_request("malformed_json", "The request body is not valid JSON."),
+        })?
+    };
+    if body.policy_id.is_some() {
+        return Err(ApiError::not_found("Policy not found."));
+    }
+    let inline_context = match body.inline_context {
+        None | Some(serde_json::Value::Null) => sample_context(),
+        Some(value @ serde_json::Value::Object(_)) => value,
+        Some(_) => return Err(ApiError::invalid("inline_context", "must be a JSON object")),
+    };
+    let template = find(&state, id).await?;
+    let version = state
+        .db
+        .templates()
+        .version(id, number)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Template version not found."))?;
+    let document = serde_json::json!({
+        "id": null,
+        "document_type": template.template_type,
+        "output_format": template.format,
+        "created_at": common::now(),
+    });
+    let context = worker::pipeline::template_context(&inline_context, document);
+    let bytes = worker::pipeline::render_bytes(
+        &state.pdf,
+        &state.settings,
+        template.format,
+        Some(version.content),
+        &template.options.0,
+        context,
+    )
+    .await
+    .map_err(|e| match e {
+        worker::pipeline::JobError::Permanent(reason) => ApiError::invalid("content", reason),
+        worker::pipeline::JobError::Transient(err) => {
+            tracing::warn!(error = %err, "preview failed");
+            ApiError::unavailable("The renderer is unavailable; try again shortly.", 5)
+        }
+    })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            template.format.mime_type(),
+        )],
+        bytes,
+    )
+        .into_response())
 }

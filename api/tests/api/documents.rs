@@ -185,6 +185,8 @@ async fn signed_links_are_checked(app: &TestApp) {
         "JWT_SECRET_KEY" => Some("unused-but-required-0123456789abcdef".into()),
         "SIGNATURE_KEYS" => Some(SIGNATURE_KEYS.into()),
         "SIGNATURE_ACTIVE_KID" => Some("old".into()),
+        "ENCRYPTION_KEYS" => Some(crate::helpers::ENCRYPTION_KEYS.into()),
+        "ENCRYPTION_ACTIVE_KID" => Some("e2".into()),
         _ => None,
     })
     .unwrap();

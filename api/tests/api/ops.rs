@@ -170,3 +170,62 @@ async fn metrics_can_be_switched_off_and_security_headers_configured() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_serves_its_own_health_and_metrics() {
+    if !crate::helpers::services_configured() {
+        return;
+    }
+    let app = crate::helpers::spawn_app_with(Backend::PostgresRedis, &[], false).await;
+    let port = crate::helpers::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _worker = app.start_worker(&[
+        ("WORKER_HTTP_ADDR", addr.as_str()),
+        ("RECONCILE_INTERVAL_MS", "100"),
+    ]);
+    crate::helpers::wait_for_port(port).await;
+
+    let health: Value = app
+        .client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        json!({"status": "ok", "database": true, "redis": true})
+    );
+
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    let queued = app
+        .generate(&agent, &json!({"document_type": "quote"}))
+        .await;
+    app.wait_for_document(&agent, queued["id"].as_str().unwrap())
+        .await;
+    let text = app
+        .client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        r#"documents_total{format="html",outcome="ready"} 1"#,
+        r#"document_stage_seconds_count{format="html",stage="render"} 1"#,
+        r#"document_stage_seconds_count{format="html",stage="store"} 1"#,
+        "document_queue_wait_seconds_count 1",
+        "queue_depth",
+        "pdf_engine_restarts",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    app.stop().await;
+}

@@ -223,3 +223,92 @@ async fn template_errors_are_client_errors(app: &TestApp) {
         assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{query}");
     }
 }
+
+on_both_backends!(previews_render_without_storing_anything);
+
+async fn previews_render_without_storing_anything(app: &TestApp) {
+    let admin = app.admin().await.access_token;
+    let html = app
+        .create_template(&admin, "Quote", "<p>Dear {{ inline_context.client }}</p>")
+        .await;
+    let id = html["id"].as_str().unwrap();
+    let preview = |body: Option<Value>, token: &str| {
+        let mut req = app
+            .client
+            .post(app.url(&format!("/api/v1/templates/{id}/versions/1/preview")))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send()
+    };
+    let res = preview(None, &admin).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(
+        res.text().await.unwrap(),
+        "<p>Dear Jane Doe</p>",
+        "the built-in sample"
+    );
+    let res = preview(Some(json!({"inline_context": {"client": "<Bob>"}})), &admin)
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), "<p>Dear &lt;Bob&gt;</p>");
+
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    assert_eq!(
+        preview(None, &agent).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let missing = app
+        .post_json(
+            &format!("/api/v1/templates/{id}/versions/7/preview"),
+            Some(&admin),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let failing = app
+        .create_template(&admin, "Failing", "{{ inline_context.a.b.c }}")
+        .await;
+    let res = app
+        .post_json(
+            &format!(
+                "/api/v1/templates/{}/versions/1/preview",
+                failing["id"].as_str().unwrap()
+            ),
+            Some(&admin),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let res = app
+        .post_json("/api/v1/templates", Some(&admin), &json!({"name": "Letter", "format": "pdf", "content": "<h1>{{ inline_context.example }}</h1>"}))
+        .await;
+    let pdf: Value = res.json().await.unwrap();
+    let res = app
+        .post_json(
+            &format!(
+                "/api/v1/templates/{}/versions/1/preview",
+                pdf["id"].as_str().unwrap()
+            ),
+            Some(&admin),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/pdf");
+    assert!(res.bytes().await.unwrap().starts_with(b"%PDF"));
+
+    let listed: Value = app
+        .get("/api/v1/documents", Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["total"], 0, "a preview is not a document");
+}
