@@ -482,17 +482,27 @@ async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) {
     }
 }
 
+/// A file where the documents folder should be: every store fails until it is removed.
+fn block_storage(app: &TestApp) -> std::path::PathBuf {
+    let blocker = app.state.settings.storage_dir.join("documents");
+    std::fs::write(&blocker, "not a folder").unwrap();
+    blocker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_failures_are_retried_with_backoff_then_given_up() {
-    let retries = [("JOB_RETRY_BASE_MS", "50"), ("JOB_MAX_ATTEMPTS", "3")];
+async fn transient_failures_are_retried_with_backoff() {
+    // Enough attempts that the retries cannot run out while the test watches.
+    let retries = [
+        ("JOB_RETRY_BASE_MS", "100"),
+        ("JOB_RETRY_MAX_MS", "200"),
+        ("JOB_MAX_ATTEMPTS", "1000"),
+    ];
     let app = crate::helpers::spawn_app(Backend::Sqlite, &retries).await;
     let agent = app
         .register_and_login("agent@example.com")
         .await
         .access_token;
-    // A file where the documents folder should be: every store fails until it is removed.
-    let blocker = app.state.settings.storage_dir.join("documents");
-    std::fs::write(&blocker, "not a folder").unwrap();
+    let blocker = block_storage(&app);
 
     let doc = app
         .generate(&agent, &json!({"document_type": "quote"}))
@@ -524,13 +534,18 @@ async fn transient_failures_are_retried_with_backoff_then_given_up() {
     assert_eq!(done["status"], "ready", "{done}");
     assert!(done["attempts"].as_i64().unwrap() >= 2, "{done}");
     assert!(done["error"].is_null());
+    app.stop().await;
+}
 
-    std::fs::rename(
-        app.state.settings.storage_dir.join("documents"),
-        app.state.settings.storage_dir.join("moved"),
-    )
-    .unwrap();
-    std::fs::write(&blocker, "not a folder").unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_give_up_after_the_last_attempt() {
+    let retries = [("JOB_RETRY_BASE_MS", "10"), ("JOB_MAX_ATTEMPTS", "3")];
+    let app = crate::helpers::spawn_app(Backend::Sqlite, &retries).await;
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    block_storage(&app);
     let doomed = app
         .generate(&agent, &json!({"document_type": "quote"}))
         .await;
