@@ -223,6 +223,9 @@ pub struct Document {
     pub idempotency_key: Option<String>,
     #[serde(skip)]
     pub request_hash: Option<String>,
+    /// Asked for with a template (whose version may since have been deleted).
+    #[serde(skip)]
+    pub uses_template: bool,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

@@ -221,6 +221,11 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
                 .unwrap_or_default();
             (Some(version.content), options)
         }
+        None if doc.uses_template => {
+            return Err(JobError::Permanent(
+                "the template was deleted before the document was rendered".to_owned(),
+            ));
+        }
         None => (None, Default::default()),
     };
     let context = render_context(doc);

@@ -563,3 +563,89 @@ async fn transient_failures_give_up_after_the_last_attempt() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_deleted_before_rendering_fails_the_document() {
+    let app = spawn_app_with(Backend::Sqlite, &[], false).await;
+    let admin = app.admin().await.access_token;
+    let template = app
+        .create_template(&admin, "Short-lived", "<p>{{ now }}</p>")
+        .await;
+    let id = template["id"].as_str().unwrap();
+    let queued = app
+        .generate(
+            &admin,
+            &json!({"document_type": "quote", "template_id": id}),
+        )
+        .await;
+    assert_eq!(
+        app.delete(&format!("/api/v1/templates/{id}"), Some(&admin))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+
+    let _worker = app.start_worker(&[]);
+    let doc = app
+        .wait_for_document(&admin, queued["id"].as_str().unwrap())
+        .await;
+    assert_eq!(doc["status"], "failed", "{doc}");
+    assert_eq!(
+        doc["error"],
+        "the template was deleted before the document was rendered"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_documents_and_their_files() {
+    let settings = [
+        ("DOCUMENT_RETENTION_DAYS", "30"),
+        ("MAINTENANCE_INTERVAL_SECONDS", "1"),
+    ];
+    let app = crate::helpers::spawn_app(Backend::Sqlite, &settings).await;
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    let old = app.generate(&agent, &json!({"document_type": "old"})).await;
+    let recent = app
+        .generate(&agent, &json!({"document_type": "recent"}))
+        .await;
+    let (old, recent) = (old["id"].as_str().unwrap(), recent["id"].as_str().unwrap());
+    app.wait_for_document(&agent, old).await;
+    app.wait_for_document(&agent, recent).await;
+    let id: uuid::Uuid = old.parse().unwrap();
+    let long_ago = common::now() - chrono::Duration::days(31);
+    common::on_db!(&app.state.db, pool => {
+        sqlx::query("UPDATE generated_documents SET created_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(long_ago)
+            .execute(pool)
+            .await
+            .unwrap();
+    });
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app
+        .get(&format!("/api/v1/documents/{old}"), Some(&agent))
+        .await
+        .status()
+        != StatusCode::NOT_FOUND
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old document was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!app.object_exists(&format!("documents/{old}.html")).await);
+    assert_eq!(
+        app.get(&format!("/api/v1/documents/{recent}"), Some(&agent))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert!(app.object_exists(&format!("documents/{recent}.html")).await);
+    app.stop().await;
+}

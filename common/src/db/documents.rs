@@ -22,7 +22,7 @@ macro_rules! columns {
     () => {
         "id, owner_id, document_type, status, output_format, mime_type, template_version_id, policy_id, \
          inline_context, compress, encrypt, attempts, error, storage_key, size_bytes, stored_bytes, checksum, \
-         timings, request_id, idempotency_key, request_hash, created_at, started_at, finished_at, updated_at"
+         timings, request_id, idempotency_key, request_hash, uses_template, created_at, started_at, finished_at, updated_at"
     };
 }
 
@@ -76,8 +76,8 @@ impl Documents<'_> {
         on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
             "INSERT INTO generated_documents (id, owner_id, document_type, status, output_format, mime_type, \
              template_version_id, policy_id, inline_context, compress, encrypt, attempts, request_id, \
-             idempotency_key, request_hash, lease_until, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, 0, $11, $13, $14, $15, $12, $12) RETURNING ",
+             idempotency_key, request_hash, lease_until, uses_template, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, 0, $11, $13, $14, $15, $16, $12, $12) RETURNING ",
             columns!()
         ))
         .bind(Uuid::now_v7())
@@ -95,6 +95,7 @@ impl Documents<'_> {
         .bind(new.idempotency_key)
         .bind(new.request_hash)
         .bind(new.lease_until)
+        .bind(new.template_version_id.is_some())
         .fetch_one(pool)
         .await)
         .db()
