@@ -799,11 +799,16 @@ mod tests {
         for _ in 0..500 {
             match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
                 Err(_) => return,
+                // A zombie leader whose other threads are still exiting cannot be reaped
+                // yet: wait for the last thread too.
                 Ok(stat)
                     if stat
                         .rsplit(')')
                         .next()
-                        .is_some_and(|rest| rest.trim_start().starts_with('Z')) =>
+                        .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+                        && std::fs::read_dir(format!("/proc/{pid}/task"))
+                            .map_or(0, |tasks| tasks.count())
+                            <= 1 =>
                 {
                     return;
                 }
