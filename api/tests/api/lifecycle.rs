@@ -276,6 +276,18 @@ async fn backpressure_refuses_work_past_the_queue_limit() {
     app.stop().await;
 }
 
+/// Each document was marked ready by exactly one attempt, whatever the deliveries.
+fn assert_ready_once(app: &TestApp, ids: &[String]) {
+    let log = app.worker_log();
+    for id in ids {
+        let finished = log
+            .lines()
+            .filter(|line| line.contains(id.as_str()) && line.contains("document ready"))
+            .count();
+        assert_eq!(finished, 1, "{id} marked ready {finished} times:\n{log}");
+    }
+}
+
 async fn wait_all_ready(app: &TestApp, token: &str, ids: &[String]) -> Vec<Value> {
     let mut docs = Vec::new();
     for id in ids {
@@ -338,8 +350,10 @@ async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
     let _worker = app.start_worker(&[]);
     for doc in wait_all_ready(&app, &agent, &ids).await {
         assert_eq!(doc["status"], "ready", "{doc}");
-        assert_eq!(doc["attempts"], 1, "rendered exactly once: {doc}");
     }
+    // A slow claim may let the reconciler enqueue a document twice; only one attempt may
+    // ever finish it.
+    assert_ready_once(&app, &ids);
     assert!(
         app.worker_log()
             .contains("lease expired; enqueueing the document again")
@@ -378,10 +392,11 @@ async fn a_worker_killed_mid_job_loses_no_document() {
         .wait_for_document_within(&admin, id, Duration::from_secs(90))
         .await;
     assert_eq!(done["status"], "ready", "{done}");
-    assert_eq!(
-        done["attempts"], 2,
-        "one attempt died with its worker, the next finished: {done}"
+    assert!(
+        done["attempts"].as_i64().unwrap() >= 2,
+        "one attempt died with its worker, a later one finished: {done}"
     );
+    assert_ready_once(&app, &[id.to_owned()]);
     let body = app
         .get(&format!("/api/v1/documents/{id}/download"), Some(&admin))
         .await
