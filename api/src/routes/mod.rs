@@ -1,8 +1,11 @@
 //! The router: one module per resource, found from its URL.
 
 pub mod auth;
+pub mod clients;
+pub mod companies;
 pub mod documents;
 pub mod ops;
+pub mod policies;
 pub mod templates;
 
 use axum::Router;
@@ -19,6 +22,9 @@ use crate::{AppState, middleware};
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .nest("/auth", auth::router())
+        .nest("/companies", companies::router())
+        .nest("/clients", clients::router())
+        .nest("/policies", policies::router())
         .nest("/templates", templates::router())
         .nest("/documents", documents::router());
     Router::new()
@@ -118,7 +124,7 @@ pub struct Pagination {
     pub offset: i64,
 }
 
-fn default_limit() -> i64 {
+pub(crate) fn default_limit() -> i64 {
     50
 }
 
@@ -148,4 +154,41 @@ pub async fn record(
     if let Err(err) = state.db.audit().record(&event).await {
         tracing::error!(error = %err, action = event.action, "cannot write the audit log");
     }
+}
+
+/// Records that `user` created, changed or deleted an object (`<object_type>_<verb>`).
+pub async fn record_change(
+    state: &AppState,
+    meta: &crate::extract::RequestMeta,
+    user: &crate::extract::AuthUser,
+    action: &'static str,
+    object_type: &'static str,
+    id: uuid::Uuid,
+) {
+    record(
+        state,
+        meta,
+        common::db::audit::AuditEvent {
+            user_id: Some(user.id()),
+            action,
+            object_type: Some(object_type),
+            object_id: Some(id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+/// Refuses a blank text, or one longer than `max` characters.
+pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {max} characters long"),
+        ));
+    }
+    Ok(())
 }
