@@ -45,12 +45,8 @@ struct UpdateBody {
 
 #[derive(Deserialize)]
 struct ListQuery {
-    // Not `#[serde(flatten)] Pagination`: a flattened struct receives query values as
-    // strings and refuses every number.
-    #[serde(default = "crate::routes::default_limit")]
-    limit: i64,
-    #[serde(default)]
-    offset: i64,
+    #[serde(flatten)]
+    page: Pagination,
     /// A case-insensitive substring of a name, the email or the phone.
     q: Option<String>,
 }
@@ -126,11 +122,7 @@ async fn list(
     user: AuthUser,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<Page<Client>>> {
-    let (limit, offset) = Pagination {
-        limit: query.limit,
-        offset: query.offset,
-    }
-    .checked()?;
+    let (limit, offset) = query.page.checked()?;
     let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
     Ok(Json(
         state

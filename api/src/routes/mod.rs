@@ -116,16 +116,41 @@ fn cors(settings: &common::Settings) -> CorsLayer {
 }
 
 /// `limit` and `offset` of list routes.
+///
+/// Route queries embed it with `#[serde(flatten)]`, and a flattened struct receives query
+/// values as strings: the numbers are therefore parsed from either form.
 #[derive(Debug, serde::Deserialize)]
 pub struct Pagination {
-    #[serde(default = "default_limit")]
+    #[serde(default = "default_limit", deserialize_with = "number")]
     pub limit: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "number")]
     pub offset: i64,
 }
 
-pub(crate) fn default_limit() -> i64 {
+fn default_limit() -> i64 {
     50
+}
+
+/// An integer given as a number or as the text of one.
+fn number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Number;
+    impl serde::de::Visitor<'_> for Number {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(E::custom)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<i64, E> {
+            v.parse()
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    deserializer.deserialize_any(Number)
 }
 
 impl Pagination {

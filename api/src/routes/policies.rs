@@ -56,12 +56,8 @@ struct UpdateBody {
 
 #[derive(Deserialize)]
 struct ListQuery {
-    // Not `#[serde(flatten)] Pagination`: a flattened struct receives query values as
-    // strings and refuses every number.
-    #[serde(default = "crate::routes::default_limit")]
-    limit: i64,
-    #[serde(default)]
-    offset: i64,
+    #[serde(flatten)]
+    page: Pagination,
     client_id: Option<Uuid>,
     company_id: Option<Uuid>,
     status: Option<PolicyStatus>,
@@ -150,11 +146,7 @@ async fn list(
     user: AuthUser,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<Page<Policy>>> {
-    let (limit, offset) = Pagination {
-        limit: query.limit,
-        offset: query.offset,
-    }
-    .checked()?;
+    let (limit, offset) = query.page.checked()?;
     let filter = PolicyFilter {
         owner_id: owner_scope(&user),
         client_id: query.client_id,

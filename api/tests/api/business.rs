@@ -152,6 +152,18 @@ async fn companies_are_read_by_all_and_written_by_managers(app: &TestApp) {
         .await,
     )
     .await;
+    for query in ["limit=1", "limit=1&offset=1"] {
+        let page: Value = app
+            .get(&format!("/api/v1/companies?{query}"), Some(&agent))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["total"], 2, "{query}");
+        assert_eq!(page["items"].as_array().unwrap().len(), 1, "{query}");
+    }
+    let res = app.get("/api/v1/companies?limit=abc", Some(&agent)).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     // PUT is partial, and conflicts are 409 there too.
     let path = format!("/api/v1/companies/{id}");
@@ -651,7 +663,7 @@ async fn documents_render_the_policy_parties(app: &TestApp) {
     let listed: Value = app
         .get(
             &format!(
-                "/api/v1/documents?policy_id={}",
+                "/api/v1/documents?policy_id={}&limit=10",
                 policy["id"].as_str().unwrap()
             ),
             Some(&alice),
