@@ -174,6 +174,62 @@ pub struct TemplateVersion {
     pub created_at: DateTime<Utc>,
 }
 
+text_enum! {
+    /// Where a policy stands.
+    PolicyStatus: "policy status" {
+        Active => "active",
+        Suspended => "suspended",
+        Expired => "expired",
+        Cancelled => "cancelled",
+    }
+}
+
+/// An insurer. Its `api_key` is write-only: it is stored, never serialised.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Company {
+    pub id: Uuid,
+    pub name: String,
+    pub code: String,
+    pub api_mode: bool,
+    pub api_endpoint: Option<String>,
+    #[serde(skip)]
+    pub api_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A broker's client, owned by the user who created it.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Client {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An insurance policy of a client, possibly with an insurer.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Policy {
+    pub id: Uuid,
+    pub policy_number: String,
+    pub client_id: Uuid,
+    pub company_id: Option<Uuid>,
+    pub product_name: String,
+    pub premium_amount: i64,
+    pub effective_date: DateTime<Utc>,
+    pub expiry_date: DateTime<Utc>,
+    #[sqlx(try_from = "String")]
+    pub status: PolicyStatus,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Time spent in each stage of a render, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {

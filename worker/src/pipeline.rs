@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::Settings;
 use common::db::documents::Outcome;
+use common::db::policies::PolicyParties;
 use common::model::{Document, OutputFormat, TemplateOptions, Timings};
 use common::queue::RenderJob;
 use common::storage::Storage;
@@ -228,7 +229,7 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
         }
         None => (None, Default::default()),
     };
-    let context = render_context(doc);
+    let context = render_context(&deps.db, doc).await?;
     let bytes = render_bytes(
         &deps.pdf,
         &deps.settings,
@@ -361,10 +362,18 @@ fn seal_error(err: envelope::EnvelopeError) -> JobError {
     JobError::Transient(anyhow::anyhow!("cannot seal the document: {err}"))
 }
 
-/// The variables a template sees. `policy`, `client` and `company` stay null until the
-/// business resources exist.
-pub fn render_context(doc: &Document) -> serde_json::Value {
-    template_context(
+/// The variables a template sees: the request's `inline_context`, the `document`, `now`,
+/// and the document's `policy` with its `client` and `company` (null without a policy, or
+/// once it was deleted).
+pub async fn render_context(
+    db: &common::db::Db,
+    doc: &Document,
+) -> Result<serde_json::Value, common::db::DbError> {
+    let parties = match doc.policy_id {
+        Some(policy_id) => db.policies().parties(policy_id).await?,
+        None => None,
+    };
+    Ok(template_context(
         &doc.inline_context.0,
         serde_json::json!({
             "id": doc.id,
@@ -372,19 +381,30 @@ pub fn render_context(doc: &Document) -> serde_json::Value {
             "output_format": doc.output_format,
             "created_at": doc.created_at,
         }),
-    )
+        parties.as_ref(),
+    ))
 }
 
-/// The context for `inline_context` and a `document` description.
+/// The context for `inline_context`, a `document` description and a policy's parties.
+/// A company's `api_key` never reaches a template: the model does not serialise it.
 pub fn template_context(
     inline_context: &serde_json::Value,
     document: serde_json::Value,
+    parties: Option<&PolicyParties>,
 ) -> serde_json::Value {
+    let (policy, client, company) = match parties {
+        Some(p) => (
+            serde_json::to_value(&p.policy).unwrap_or_default(),
+            serde_json::to_value(&p.client).unwrap_or_default(),
+            serde_json::to_value(&p.company).unwrap_or_default(),
+        ),
+        None => Default::default(),
+    };
     serde_json::json!({
         "inline_context": inline_context,
-        "policy": null,
-        "client": null,
-        "company": null,
+        "policy": policy,
+        "client": client,
+        "company": company,
         "document": document,
         "now": common::now(),
     })

@@ -106,8 +106,8 @@ async fn generate(
     };
     let compress = body.compress.unwrap_or(state.settings.default_compress);
     let encrypt = body.encrypt.unwrap_or(state.settings.default_encrypt);
-    if body.policy_id.is_some() {
-        return Err(ApiError::not_found("Policy not found."));
+    if let Some(policy_id) = body.policy_id {
+        crate::routes::policies::visible(&state, &user, policy_id).await?;
     }
 
     // The version named wins; else the template's latest; else the built-in layout.

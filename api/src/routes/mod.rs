@@ -1,8 +1,11 @@
 //! The router: one module per resource, found from its URL.
 
 pub mod auth;
+pub mod clients;
+pub mod companies;
 pub mod documents;
 pub mod ops;
+pub mod policies;
 pub mod templates;
 
 use axum::Router;
@@ -19,6 +22,9 @@ use crate::{AppState, middleware};
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .nest("/auth", auth::router())
+        .nest("/companies", companies::router())
+        .nest("/clients", clients::router())
+        .nest("/policies", policies::router())
         .nest("/templates", templates::router())
         .nest("/documents", documents::router());
     Router::new()
@@ -110,16 +116,41 @@ fn cors(settings: &common::Settings) -> CorsLayer {
 }
 
 /// `limit` and `offset` of list routes.
+///
+/// Route queries embed it with `#[serde(flatten)]`, and a flattened struct receives query
+/// values as strings: the numbers are therefore parsed from either form.
 #[derive(Debug, serde::Deserialize)]
 pub struct Pagination {
-    #[serde(default = "default_limit")]
+    #[serde(default = "default_limit", deserialize_with = "number")]
     pub limit: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "number")]
     pub offset: i64,
 }
 
 fn default_limit() -> i64 {
     50
+}
+
+/// An integer given as a number or as the text of one.
+fn number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Number;
+    impl serde::de::Visitor<'_> for Number {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(E::custom)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<i64, E> {
+            v.parse()
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    deserializer.deserialize_any(Number)
 }
 
 impl Pagination {
@@ -148,4 +179,41 @@ pub async fn record(
     if let Err(err) = state.db.audit().record(&event).await {
         tracing::error!(error = %err, action = event.action, "cannot write the audit log");
     }
+}
+
+/// Records that `user` created, changed or deleted an object (`<object_type>_<verb>`).
+pub async fn record_change(
+    state: &AppState,
+    meta: &crate::extract::RequestMeta,
+    user: &crate::extract::AuthUser,
+    action: &'static str,
+    object_type: &'static str,
+    id: uuid::Uuid,
+) {
+    record(
+        state,
+        meta,
+        common::db::audit::AuditEvent {
+            user_id: Some(user.id()),
+            action,
+            object_type: Some(object_type),
+            object_id: Some(id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+/// Refuses a blank text, or one longer than `max` characters.
+pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {max} characters long"),
+        ));
+    }
+    Ok(())
 }

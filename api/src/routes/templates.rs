@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
-use crate::routes::Pagination;
+use crate::routes::{Pagination, check_text};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -84,19 +84,6 @@ struct TemplateOut {
     #[serde(flatten)]
     template: Template,
     versions: Vec<TemplateVersion>,
-}
-
-fn check_text(field: &str, value: &str, max: usize) -> ApiResult<()> {
-    if value.trim().is_empty() {
-        return Err(ApiError::invalid(field, "must not be empty"));
-    }
-    if value.chars().count() > max {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at most {max} characters long"),
-        ));
-    }
-    Ok(())
 }
 
 /// Refuses content the renderer cannot parse (HTML templates, XLSX sheet specs), so the
@@ -365,9 +352,13 @@ async fn preview(
             _ => ApiError::bad_request("malformed_json", "The request body is not valid JSON."),
         })?
     };
-    if body.policy_id.is_some() {
-        return Err(ApiError::not_found("Policy not found."));
-    }
+    let parties = match body.policy_id {
+        Some(policy_id) => {
+            crate::routes::policies::visible(&state, &user, policy_id).await?;
+            state.db.policies().parties(policy_id).await?
+        }
+        None => None,
+    };
     let inline_context = match body.inline_context {
         None | Some(serde_json::Value::Null) => sample_context(),
         Some(value @ serde_json::Value::Object(_)) => value,
@@ -386,7 +377,7 @@ async fn preview(
         "output_format": template.format,
         "created_at": common::now(),
     });
-    let context = worker::pipeline::template_context(&inline_context, document);
+    let context = worker::pipeline::template_context(&inline_context, document, parties.as_ref());
     let bytes = worker::pipeline::render_bytes(
         &state.pdf,
         &state.settings,

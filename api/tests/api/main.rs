@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod business;
 mod cli;
 mod documents;
 mod formats;

@@ -11,7 +11,10 @@
 //! migrations in the same database.
 
 pub mod audit;
+pub mod clients;
+pub mod companies;
 pub mod documents;
+pub mod policies;
 pub mod sessions;
 pub mod templates;
 pub mod users;
@@ -69,6 +72,11 @@ impl DbError {
                     );
                 }
                 sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    return DbError::ForeignKey(db_err.message().to_owned());
+                }
+                // SQLite reports an `ON DELETE RESTRICT` refusal as SQLITE_CONSTRAINT_TRIGGER
+                // (1811), which sqlx does not classify; its message is the foreign key's.
+                _ if db_err.message() == "FOREIGN KEY constraint failed" => {
                     return DbError::ForeignKey(db_err.message().to_owned());
                 }
                 _ => {}
@@ -166,6 +174,15 @@ impl Db {
     }
     pub fn documents(&self) -> documents::Documents<'_> {
         documents::Documents(self)
+    }
+    pub fn companies(&self) -> companies::Companies<'_> {
+        companies::Companies(self)
+    }
+    pub fn clients(&self) -> clients::Clients<'_> {
+        clients::Clients(self)
+    }
+    pub fn policies(&self) -> policies::Policies<'_> {
+        policies::Policies(self)
     }
     pub fn audit(&self) -> audit::Audit<'_> {
         audit::Audit(self)

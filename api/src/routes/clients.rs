@@ -1,0 +1,206 @@
+//! `/api/v1/clients`: a broker's clients. A client belongs to the user who created it;
+//! agents see and change only their own, managers and admins all of them. Another agent's
+//! client answers 404, like a missing one, so ids do not reveal what exists.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use common::db::clients::{ClientPatch, NewClient};
+use common::db::{DbError, Page};
+use common::model::Client;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
+use crate::routes::auth::valid_email;
+use crate::routes::{Pagination, check_text, record_change};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list).post(create))
+        .route("/{id}", get(read).put(update).delete(remove))
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    first_name: String,
+    last_name: String,
+    email: Option<String>,
+    phone: Option<String>,
+    address: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UpdateBody {
+    first_name: Option<String>,
+    last_name: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+    address: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(flatten)]
+    page: Pagination,
+    /// A case-insensitive substring of a name, the email or the phone.
+    q: Option<String>,
+}
+
+/// Whose clients `user` reaches: only their own for agents, everyone's otherwise.
+pub fn owner_scope(user: &AuthUser) -> Option<Uuid> {
+    (!user.sees_all()).then(|| user.id())
+}
+
+fn check_fields(body: &UpdateBody) -> ApiResult<()> {
+    if let Some(first_name) = &body.first_name {
+        check_text("first_name", first_name, 100)?;
+    }
+    if let Some(last_name) = &body.last_name {
+        check_text("last_name", last_name, 100)?;
+    }
+    if let Some(email) = &body.email
+        && !valid_email(email.trim())
+    {
+        return Err(ApiError::invalid("email", "is not a valid email address"));
+    }
+    if let Some(phone) = &body.phone {
+        check_text("phone", phone, 50)?;
+    }
+    if let Some(address) = &body.address {
+        check_text("address", address, 1000)?;
+    }
+    Ok(())
+}
+
+fn trimmed(value: Option<String>) -> Option<String> {
+    value.map(|s| s.trim().to_owned())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    user: AuthUser,
+    Json(body): Json<CreateBody>,
+) -> ApiResult<impl IntoResponse> {
+    let body = UpdateBody {
+        first_name: Some(body.first_name),
+        last_name: Some(body.last_name),
+        email: body.email,
+        phone: body.phone,
+        address: body.address,
+    };
+    check_fields(&body)?;
+    let (first_name, last_name) = (trimmed(body.first_name), trimmed(body.last_name));
+    let (email, phone, address) = (
+        trimmed(body.email),
+        trimmed(body.phone),
+        trimmed(body.address),
+    );
+    let client = state
+        .db
+        .clients()
+        .create(NewClient {
+            owner_id: user.id(),
+            first_name: first_name.as_deref().unwrap_or_default(),
+            last_name: last_name.as_deref().unwrap_or_default(),
+            email: email.as_deref(),
+            phone: phone.as_deref(),
+            address: address.as_deref(),
+        })
+        .await?;
+    record_change(&state, &meta, &user, "client_created", "client", client.id).await;
+    Ok((StatusCode::CREATED, Json(client)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Page<Client>>> {
+    let (limit, offset) = query.page.checked()?;
+    let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    Ok(Json(
+        state
+            .db
+            .clients()
+            .list(owner_scope(&user), q, limit, offset)
+            .await?,
+    ))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Client>> {
+    visible(&state, &user, id).await.map(Json)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+    Json(body): Json<UpdateBody>,
+) -> ApiResult<Json<Client>> {
+    check_fields(&body)?;
+    let patch = ClientPatch {
+        first_name: trimmed(body.first_name),
+        last_name: trimmed(body.last_name),
+        email: trimmed(body.email),
+        phone: trimmed(body.phone),
+        address: trimmed(body.address),
+    };
+    let client = state
+        .db
+        .clients()
+        .update(id, owner_scope(&user), patch)
+        .await?
+        .ok_or_else(not_found)?;
+    record_change(&state, &meta, &user, "client_updated", "client", id).await;
+    Ok(Json(client))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
+    let deleted = state
+        .db
+        .clients()
+        .delete(id, owner_scope(&user))
+        .await
+        .map_err(|err| match err {
+            DbError::ForeignKey(_) => ApiError::conflict(
+                "client_has_policies",
+                "The client still has policies; delete them first.",
+            ),
+            other => other.into(),
+        })?;
+    if !deleted {
+        return Err(not_found());
+    }
+    record_change(&state, &meta, &user, "client_deleted", "client", id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("Client not found.")
+}
+
+/// The client, if `user` may see it; 404 otherwise.
+pub async fn visible(state: &AppState, user: &AuthUser, id: Uuid) -> ApiResult<Client> {
+    state
+        .db
+        .clients()
+        .get(id, owner_scope(user))
+        .await?
+        .ok_or_else(not_found)
+}

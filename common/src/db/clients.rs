@@ -1,0 +1,178 @@
+//! Clients, each owned by the user who created it.
+//!
+//! Every read and write takes an `owner`: `Some(user)` restricts it to that user's clients
+//! (agents), `None` reaches all of them (managers and admins). Filtering in SQL rather than
+//! after the fetch keeps another agent's client indistinguishable from a missing one.
+
+use uuid::Uuid;
+
+use super::{Db, DbResult, Page, SqlxResultExt, on_db};
+use crate::model::Client;
+
+macro_rules! client_columns {
+    () => {
+        "id, owner_id, first_name, last_name, email, phone, address, created_at, updated_at"
+    };
+}
+
+/// `$1`: owner or NULL; `$2`: a lowercase `LIKE` pattern or NULL.
+macro_rules! client_filter {
+    () => {
+        "($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR LOWER(first_name) LIKE $2 ESCAPE '\\' \
+         OR LOWER(last_name) LIKE $2 ESCAPE '\\' OR LOWER(email) LIKE $2 ESCAPE '\\' \
+         OR LOWER(phone) LIKE $2 ESCAPE '\\')"
+    };
+}
+
+/// The fields of a new client.
+pub struct NewClient<'a> {
+    pub owner_id: Uuid,
+    pub first_name: &'a str,
+    pub last_name: &'a str,
+    pub email: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub address: Option<&'a str>,
+}
+
+/// A partial update; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct ClientPatch {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+}
+
+/// A case-insensitive substring pattern for `LIKE … ESCAPE '\'`: the search text's own
+/// `%`, `_` and `\` match themselves.
+pub fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+pub struct Clients<'a>(pub(super) &'a Db);
+
+impl Clients<'_> {
+    pub async fn create(&self, new: NewClient<'_>) -> DbResult<Client> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Client>(concat!(
+            "INSERT INTO clients (id, owner_id, first_name, last_name, email, phone, address, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING ",
+            client_columns!()
+        ))
+        .bind(Uuid::now_v7())
+        .bind(new.owner_id)
+        .bind(new.first_name)
+        .bind(new.last_name)
+        .bind(new.email)
+        .bind(new.phone)
+        .bind(new.address)
+        .bind(crate::now())
+        .fetch_one(pool)
+        .await)
+        .db()
+    }
+
+    /// Clients of `owner` (all with `None`), newest first, those matching `q` (a
+    /// case-insensitive substring of a name, the email or the phone) when given.
+    pub async fn list(
+        &self,
+        owner: Option<Uuid>,
+        q: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> DbResult<Page<Client>> {
+        let pattern = q.map(contains_pattern);
+        on_db!(self.0, pool => {
+            let items = sqlx::query_as::<_, Client>(concat!(
+                "SELECT ", client_columns!(), " FROM clients WHERE ", client_filter!(),
+                " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+            ))
+            .bind(owner)
+            .bind(pattern.as_deref())
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await
+            .db()?;
+            let total: i64 = sqlx::query_scalar(concat!("SELECT COUNT(*) FROM clients WHERE ", client_filter!()))
+                .bind(owner)
+                .bind(pattern.as_deref())
+                .fetch_one(pool)
+                .await
+                .db()?;
+            Ok(Page { items, total, limit, offset })
+        })
+    }
+
+    /// A client, if it exists and `owner` (when given) owns it.
+    pub async fn get(&self, id: Uuid, owner: Option<Uuid>) -> DbResult<Option<Client>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Client>(concat!(
+            "SELECT ", client_columns!(), " FROM clients WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
+        ))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// Applies a partial update; `None` when the client does not exist or is not `owner`'s.
+    pub async fn update(
+        &self,
+        id: Uuid,
+        owner: Option<Uuid>,
+        patch: ClientPatch,
+    ) -> DbResult<Option<Client>> {
+        let Some(current) = self.get(id, owner).await? else {
+            return Ok(None);
+        };
+        on_db!(self.0, pool => sqlx::query_as::<_, Client>(concat!(
+            "UPDATE clients SET first_name = $2, last_name = $3, email = $4, phone = $5, address = $6, \
+             updated_at = $7 WHERE id = $1 RETURNING ",
+            client_columns!()
+        ))
+        .bind(id)
+        .bind(patch.first_name.unwrap_or(current.first_name))
+        .bind(patch.last_name.unwrap_or(current.last_name))
+        .bind(patch.email.or(current.email))
+        .bind(patch.phone.or(current.phone))
+        .bind(patch.address.or(current.address))
+        .bind(crate::now())
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// Deletes a client; false when it does not exist or is not `owner`'s. A client that
+    /// still has policies is refused with [`DbError::ForeignKey`](super::DbError::ForeignKey).
+    pub async fn delete(&self, id: Uuid, owner: Option<Uuid>) -> DbResult<bool> {
+        on_db!(self.0, pool => sqlx::query("DELETE FROM clients WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)")
+            .bind(id)
+            .bind(owner)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+        .db()
+        .map(|n| n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn search_patterns_escape_wildcards() {
+        assert_eq!(contains_pattern("DuP"), "%dup%");
+        assert_eq!(contains_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
+    }
+}
