@@ -3,10 +3,13 @@
 
 mod helpers;
 
+mod audit;
 mod auth;
 mod cli;
 mod documents;
 mod formats;
 mod lifecycle;
+mod limits;
 mod ops;
 mod templates;
+mod users;
