@@ -89,6 +89,17 @@ impl ApiError {
         err
     }
 
+    /// 429 with `Retry-After`: a rate limit refused the request.
+    pub fn too_many_requests(retry_after: u64) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many requests; try again in {retry_after} s."),
+        );
+        err.retry_after = Some(retry_after);
+        err
+    }
+
     /// Logs an unexpected failure and answers a generic 500.
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         let err = err.into();

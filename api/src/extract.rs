@@ -197,17 +197,23 @@ impl FromRequestParts<AppState> for AuthUser {
             .tokens
             .verify(token)
             .map_err(|_| ApiError::unauthorized("The access token is invalid or has expired."))?;
-        let user = state
+        let disabled = || ApiError::forbidden("account_disabled", "This account is disabled.");
+        let Some(user) = state
             .db
             .users()
             .find_for_session(claims.sub, claims.sid)
             .await?
-            .ok_or_else(|| ApiError::unauthorized("The session has ended; log in again."))?;
+        else {
+            // Deactivation also ends the sessions; the caller still deserves to learn
+            // why, so a closed session of a disabled account answers 403, not 401.
+            let user = state.db.users().find_by_id(claims.sub).await?;
+            return Err(match user {
+                Some(user) if !user.is_active => disabled(),
+                _ => ApiError::unauthorized("The session has ended; log in again."),
+            });
+        };
         if !user.is_active {
-            return Err(ApiError::forbidden(
-                "account_disabled",
-                "This account is disabled.",
-            ));
+            return Err(disabled());
         }
         Ok(AuthUser {
             user,

@@ -7,7 +7,8 @@
 //! - [`routes`]: one module per resource; a route's URL names its module.
 //! - [`extract`]: JSON/query/path extractors with the API's error shape, and
 //!   [`extract::AuthUser`].
-//! - [`middleware`]: request id, logging and metrics, security headers, JSON errors.
+//! - [`middleware`]: request id, logging and metrics, security headers, JSON errors, the
+//!   generic rate limiter.
 //! - [`error`]: [`error::ApiError`], the one error type handlers return.
 //! - [`admin`]: creating the first admin (start-up bootstrap and the `create-admin`
 //!   command).
@@ -50,6 +51,8 @@ pub struct AppInner {
     pub public_base_url: String,
     /// The security headers every answer carries, computed once.
     pub security_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The rate limits' store: Redis when configured, else this process's memory.
+    pub limiter: common::limits::Limiter,
     /// Warm PDF engines for template previews, shared with the embedded worker; processes
     /// start on first use.
     pub pdf: worker::render::pdf::PdfEngine,
@@ -62,6 +65,24 @@ pub struct AppInner {
 const QUEUED_COUNT_TTL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl AppInner {
+    /// Asks the limiter about `key` in `scope`; a refusal is counted in
+    /// `rate_limited_total{scope}` and answers 429 with `Retry-After`.
+    pub async fn rate_limit(
+        &self,
+        scope: &'static str,
+        key: &str,
+        per_minute: u32,
+        spend: common::limits::Spend,
+    ) -> Result<(), error::ApiError> {
+        self.limiter
+            .check(&format!("{scope}:{key}"), per_minute, spend)
+            .await
+            .map_err(|common::limits::RetryAfter(seconds)| {
+                self.metrics.rate_limited(scope);
+                error::ApiError::too_many_requests(seconds)
+            })
+    }
+
     /// The number of documents waiting in `queued`, at most [`QUEUED_COUNT_TTL`] old.
     pub async fn queued_count(&self) -> Result<i64, common::db::DbError> {
         let mut cached = self.queued.lock().await;
@@ -96,6 +117,12 @@ impl Application {
         admin::bootstrap(&db, &settings).await?;
         let queue = JobQueue::connect(&settings).await?;
         let storage = Storage::open(&settings)?;
+        let limiter = match &queue {
+            JobQueue::Redis { conn, .. } => {
+                common::limits::Limiter::with_redis(conn.clone(), &settings.queue_name)
+            }
+            JobQueue::Sqlite { .. } => common::limits::Limiter::in_memory(),
+        };
         let listener = TcpListener::bind(settings.bind_addr)
             .await
             .with_context(|| format!("cannot listen on BIND_ADDR {}", settings.bind_addr))?;
@@ -113,6 +140,7 @@ impl Application {
             security_headers: middleware::security_header_list(&settings)?,
             request_id_header,
             queued: tokio::sync::Mutex::new(None),
+            limiter,
             pdf: worker::pdf_engine(&settings),
             settings,
             db,
@@ -166,6 +194,7 @@ impl Application {
             addr = %self.listener.local_addr()?,
             database = if state.settings.is_sqlite() { "sqlite" } else { "postgres" },
             queue = state.queue.backend_name(),
+            limits = state.limiter.backend_name(),
             embedded_worker = self.embedded_worker,
             "MONASSURANCE API listening"
         );

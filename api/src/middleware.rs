@@ -7,16 +7,19 @@
 //! 3. [`security_headers`]: `nosniff`, frame options, referrer policy, CSP and HSTS.
 //! 4. CORS (tower-http), then [`json_errors`], which gives the JSON error shape to the
 //!    answers produced outside handlers (405, 413 from the body limit, …).
+//! 5. [`rate_limit`]: the generic per-IP limiter, when enabled.
 //!
 //! Because the rate limits and every error are produced inside these layers, a 429 or a
 //! 5xx carries the same headers as a 200.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use common::limits::Spend;
 use common::telemetry::{HttpLabels, RouteLabels};
 use tracing::{Instrument, Level};
 
@@ -138,6 +141,40 @@ pub fn security_header_list(
         }
     }
     Ok(list)
+}
+
+/// The generic limiter (`RATE_LIMIT_ENABLED`): requests per minute per client IP and route
+/// group, `AUTH_RATE_LIMIT_PER_MINUTE` on `/api/v1/auth/*` and
+/// `DEFAULT_RATE_LIMIT_PER_MINUTE` on everything else. Health checks and metrics are
+/// exempt, so a busy client cannot make a replica look dead to its orchestrator.
+///
+/// It sits inside the request-id, logging and security-header layers, so its 429 carries
+/// `X-Request-ID`, the security headers and CORS like any other answer. The IP is the
+/// peer's address: behind a reverse proxy every client shares the proxy's, so limit there.
+pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let settings = &state.settings;
+    if !settings.rate_limit_enabled {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    if path.starts_with("/health") || path == "/metrics" {
+        return next.run(req).await;
+    }
+    let (scope, per_minute) = if path == "/api/v1/auth" || path.starts_with("/api/v1/auth/") {
+        ("auth", settings.auth_rate_limit_per_minute)
+    } else {
+        ("default", settings.default_rate_limit_per_minute)
+    };
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+        return next.run(req).await;
+    };
+    if let Err(refused) = state
+        .rate_limit(scope, &peer.ip().to_string(), per_minute, Spend::Take)
+        .await
+    {
+        return refused.into_response();
+    }
+    next.run(req).await
 }
 
 /// Gives answers made outside the handlers (unknown method, body too large, …) the JSON

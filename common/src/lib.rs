@@ -10,6 +10,7 @@
 //! - [`signing`]: HMAC-signed download links and their key ring.
 //! - [`queue`]: the job payload and the producer side of the job queue (SQLite or Redis).
 //! - [`storage`]: the object store where rendered documents live.
+//! - [`limits`]: rate limits (GCRA), shared through Redis or kept in memory.
 //! - [`telemetry`]: logging set-up and the Prometheus registry.
 //!
 //! This crate knows nothing of HTTP or rendering: those live in `api` and `worker`.
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod db;
 pub mod envelope;
+pub mod limits;
 pub mod model;
 pub mod queue;
 pub mod settings;

@@ -288,6 +288,21 @@ pub struct Document {
     pub updated_at: DateTime<Utc>,
 }
 
+/// One audit log entry.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AuditLog {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub user_id: Option<Uuid>,
+    pub action: String,
+    pub object_type: Option<String>,
+    pub object_id: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub audit_metadata: Option<Json<serde_json::Value>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,6 +161,22 @@ pub struct Settings {
     pub render_fuel: u64,
     /// `MAX_OUTPUT_BYTES`: the largest document a render may produce.
     pub max_output_bytes: usize,
+    /// `LOGIN_ATTEMPTS_ENABLED`: refuse logins (429) from an IP or for an account after
+    /// too many failed attempts.
+    pub login_attempts_enabled: bool,
+    /// `LOGIN_ATTEMPTS_IP_PER_MINUTE`: failed logins one IP may make per minute.
+    pub login_attempts_ip_per_minute: u32,
+    /// `LOGIN_ATTEMPTS_ACCOUNT_PER_MINUTE`: failed logins one account may take per minute.
+    pub login_attempts_account_per_minute: u32,
+    /// `RATE_LIMIT_ENABLED`: the generic per-IP limiter (off by default).
+    pub rate_limit_enabled: bool,
+    /// `DEFAULT_RATE_LIMIT_PER_MINUTE`: requests per minute per IP outside `/auth`.
+    pub default_rate_limit_per_minute: u32,
+    /// `AUTH_RATE_LIMIT_PER_MINUTE`: requests per minute per IP on `/api/v1/auth/*`.
+    pub auth_rate_limit_per_minute: u32,
+    /// `DOWNLOAD_RATE_LIMIT_PER_MINUTE`: downloads per minute per user, and per signed
+    /// link (always on).
+    pub download_rate_limit_per_minute: u32,
 }
 
 /// Where signed links point.
@@ -405,6 +421,25 @@ impl Settings {
             job_max_attempts: parse_value::<i32>(&get, "JOB_MAX_ATTEMPTS", "5")?.max(1),
             render_fuel: parse_value(&get, "RENDER_FUEL", "5000000")?,
             max_output_bytes: parse_value(&get, "MAX_OUTPUT_BYTES", "52428800")?,
+            login_attempts_enabled: parse_bool(&get, "LOGIN_ATTEMPTS_ENABLED", true)?,
+            login_attempts_ip_per_minute: per_minute(&get, "LOGIN_ATTEMPTS_IP_PER_MINUTE", "30")?,
+            login_attempts_account_per_minute: per_minute(
+                &get,
+                "LOGIN_ATTEMPTS_ACCOUNT_PER_MINUTE",
+                "10",
+            )?,
+            rate_limit_enabled: parse_bool(&get, "RATE_LIMIT_ENABLED", false)?,
+            default_rate_limit_per_minute: per_minute(
+                &get,
+                "DEFAULT_RATE_LIMIT_PER_MINUTE",
+                "120",
+            )?,
+            auth_rate_limit_per_minute: per_minute(&get, "AUTH_RATE_LIMIT_PER_MINUTE", "10")?,
+            download_rate_limit_per_minute: per_minute(
+                &get,
+                "DOWNLOAD_RATE_LIMIT_PER_MINUTE",
+                "30",
+            )?,
         })
     }
 
@@ -445,6 +480,20 @@ where
     raw.trim()
         .parse()
         .map_err(|e| anyhow::anyhow!("{key}={raw:?} is not valid: {e}"))
+}
+
+/// A per-minute limit: a whole number of at least 1 (turn a limiter off with its
+/// `_ENABLED` switch, not with 0).
+fn per_minute(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: &str,
+) -> anyhow::Result<u32> {
+    let value: u32 = parse_value(get, key, default)?;
+    if value == 0 {
+        bail!("{key} must be at least 1");
+    }
+    Ok(value)
 }
 
 fn parse_bool(

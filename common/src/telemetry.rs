@@ -60,6 +60,11 @@ pub struct StageLabels {
 }
 
 /// Every metric the API and the worker record.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -76,6 +81,9 @@ pub struct Metrics {
     /// job quota; gauges mirroring the engine's own counters.
     pub engine_restarts: Gauge,
     pub engine_recycled: Gauge,
+    /// Requests refused with 429, by limiter scope (`login_ip`, `login_account`, `auth`,
+    /// `default`, `download_user`, `download_link`).
+    pub rate_limited: Family<ScopeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +108,12 @@ impl Metrics {
         let reconciled = Counter::default();
         let engine_restarts = Gauge::default();
         let engine_recycled = Gauge::default();
+        let rate_limited = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429, by limiter scope",
+            rate_limited.clone(),
+        );
         registry.register(
             "pdf_engine_restarts",
             "wkhtmltopdf processes killed and replaced after a timeout or crash",
@@ -151,6 +165,7 @@ impl Metrics {
             reconciled,
             engine_restarts,
             engine_recycled,
+            rate_limited,
             http_requests,
             http_duration,
             documents,
@@ -173,6 +188,15 @@ impl Metrics {
             .get_or_create(&DocumentLabels {
                 format: format.to_owned(),
                 outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused by a rate limiter.
+    pub fn rate_limited(&self, scope: &str) {
+        self.rate_limited
+            .get_or_create(&ScopeLabels {
+                scope: scope.to_owned(),
             })
             .inc();
     }

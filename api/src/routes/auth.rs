@@ -13,6 +13,7 @@ use common::db::DbError;
 use common::db::audit::AuditEvent;
 use common::db::sessions::{ClientInfo, RotateOutcome};
 use common::db::users::NewUser;
+use common::limits::Spend;
 use common::model::{Role, Session, User};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -81,6 +82,36 @@ pub fn valid_email(email: &str) -> bool {
         && !email.chars().any(char::is_whitespace)
 }
 
+/// The rules every new account follows, whether registered or created by an admin: a
+/// plausible email, a password of `PASSWORD_MIN_LENGTH`, a name of at most 255 characters.
+/// Returns the trimmed email and name (a blank name is none).
+pub fn validate_account<'a>(
+    state: &AppState,
+    email: &'a str,
+    password: &str,
+    full_name: Option<&'a str>,
+) -> ApiResult<(&'a str, Option<&'a str>)> {
+    let email = email.trim();
+    if !valid_email(email) {
+        return Err(ApiError::invalid("email", "is not a valid email address"));
+    }
+    let min = state.settings.password_min_length;
+    if password.chars().count() < min {
+        return Err(ApiError::invalid(
+            "password",
+            format!("must be at least {min} characters long"),
+        ));
+    }
+    let full_name = full_name.map(str::trim).filter(|n| !n.is_empty());
+    if full_name.is_some_and(|n| n.chars().count() > 255) {
+        return Err(ApiError::invalid(
+            "full_name",
+            "must be at most 255 characters long",
+        ));
+    }
+    Ok((email, full_name))
+}
+
 async fn register(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -92,28 +123,12 @@ async fn register(
             "Registration creates agents; an admin creates other roles through /api/v1/users.",
         ));
     }
-    let email = body.email.trim();
-    if !valid_email(email) {
-        return Err(ApiError::invalid("email", "is not a valid email address"));
-    }
-    let min = state.settings.password_min_length;
-    if body.password.chars().count() < min {
-        return Err(ApiError::invalid(
-            "password",
-            format!("must be at least {min} characters long"),
-        ));
-    }
-    let full_name = body
-        .full_name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty());
-    if full_name.is_some_and(|n| n.chars().count() > 255) {
-        return Err(ApiError::invalid(
-            "full_name",
-            "must be at most 255 characters long",
-        ));
-    }
+    let (email, full_name) = validate_account(
+        &state,
+        &body.email,
+        &body.password,
+        body.full_name.as_deref(),
+    )?;
     let hash = hash_password(body.password).await?;
     let user = state
         .db
@@ -164,7 +179,14 @@ async fn login(
     meta: RequestMeta,
     Json(body): Json<LoginBody>,
 ) -> ApiResult<Json<TokenPair>> {
-    let user = state.db.users().find_by_email(body.email.trim()).await?;
+    let email = body.email.trim().to_lowercase();
+    let guard = LoginGuard::new(&state, &meta, &email);
+    if let Err(refused) = guard.check().await {
+        let metadata = serde_json::json!({"email": email, "reason": "rate_limited"});
+        audit(&state, &meta, None, "login_failed", None, Some(metadata)).await;
+        return Err(refused);
+    }
+    let user = state.db.users().find_by_email(&email).await?;
     // Unknown emails cost a hash check too, so timing does not tell which emails exist.
     let hash = user
         .as_ref()
@@ -172,7 +194,8 @@ async fn login(
         .unwrap_or_else(|| dummy_password_hash().to_owned());
     let password_ok = verify_password(body.password, hash).await?;
     let Some(user) = user.filter(|_| password_ok) else {
-        let metadata = serde_json::json!({"email": body.email.trim().to_lowercase()});
+        guard.count_failure().await;
+        let metadata = serde_json::json!({"email": email});
         audit(&state, &meta, None, "login_failed", None, Some(metadata)).await;
         return Err(ApiError::unauthorized("Incorrect email or password."));
     };
@@ -355,6 +378,74 @@ async fn delete_device(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The login brute-force guard (`LOGIN_ATTEMPTS_*`): failed attempts per IP and per
+/// account.
+///
+/// Only failures count: a user who logs in successfully many times is never locked out,
+/// and a shared office IP is not blocked by its users' normal logins. Once either budget
+/// is spent, every attempt is refused with 429 *before* the password is checked, so a
+/// locked-out guesser cannot learn whether a guess was right. Attempts on unknown emails
+/// count against that email, so probing for accounts is throttled the same way.
+struct LoginGuard<'a> {
+    state: &'a AppState,
+    ip: Option<String>,
+    email: &'a str,
+}
+
+impl<'a> LoginGuard<'a> {
+    fn new(state: &'a AppState, meta: &RequestMeta, email: &'a str) -> Self {
+        LoginGuard {
+            state,
+            ip: meta.ip_address.clone(),
+            email,
+        }
+    }
+
+    /// The budgets this attempt falls under: (scope, key, per minute).
+    fn budgets(&self) -> Vec<(&'static str, &str, u32)> {
+        let settings = &self.state.settings;
+        if !settings.login_attempts_enabled {
+            return Vec::new();
+        }
+        let mut budgets = Vec::with_capacity(2);
+        if let Some(ip) = &self.ip {
+            budgets.push((
+                "login_ip",
+                ip.as_str(),
+                settings.login_attempts_ip_per_minute,
+            ));
+        }
+        budgets.push((
+            "login_account",
+            self.email,
+            settings.login_attempts_account_per_minute,
+        ));
+        budgets
+    }
+
+    /// Refuses (429) when the IP or the account has no failed attempt left this minute.
+    async fn check(&self) -> ApiResult<()> {
+        for (scope, key, per_minute) in self.budgets() {
+            self.state
+                .rate_limit(scope, key, per_minute, Spend::Peek)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Spends one failed attempt of the IP and of the account.
+    async fn count_failure(&self) {
+        for (scope, key, per_minute) in self.budgets() {
+            // Already full: the next attempt's check refuses; nothing more to record.
+            let _ = self
+                .state
+                .limiter
+                .check(&format!("{scope}:{key}"), per_minute, Spend::Take)
+                .await;
+        }
+    }
 }
 
 fn refresh_expiry(state: &AppState) -> chrono::DateTime<chrono::Utc> {

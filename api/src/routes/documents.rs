@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use common::db::audit::AuditEvent;
 use common::db::documents::{DocumentFilter, NewDocument};
+use common::limits::Spend;
 use common::model::{Document, DocumentStatus, OutputFormat, Role};
 use common::queue::RenderJob;
 use common::settings::SignedUrlMode;
@@ -539,6 +540,7 @@ async fn download(
     Query(link): Query<LinkQuery>,
     mut parts: Parts,
 ) -> ApiResult<Response> {
+    let link_sig = link.sig.clone();
     let (doc, user_id, signed) = match (link.exp, link.sig) {
         (None, None) => {
             let user = AuthUser::from_request_parts(&mut parts, &state).await?;
@@ -567,6 +569,24 @@ async fn download(
             ));
         }
     };
+    // `DOWNLOAD_RATE_LIMIT_PER_MINUTE`, per user for bearer downloads and per link for
+    // signed ones (a shared link cannot be used to pull a document without end).
+    let per_minute = state.settings.download_rate_limit_per_minute;
+    if signed {
+        let link = format!("{}:{}", doc.id, link_sig.as_deref().unwrap_or_default());
+        state
+            .rate_limit("download_link", &link, per_minute, Spend::Take)
+            .await?;
+    } else {
+        state
+            .rate_limit(
+                "download_user",
+                &user_id.to_string(),
+                per_minute,
+                Spend::Take,
+            )
+            .await?;
+    }
     ensure_ready(&doc)?;
     let (Some(key), Some(checksum)) = (&doc.storage_key, &doc.checksum) else {
         return Err(ApiError::internal(anyhow::anyhow!(

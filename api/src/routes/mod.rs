@@ -1,5 +1,6 @@
 //! The router: one module per resource, found from its URL.
 
+pub mod audit;
 pub mod auth;
 pub mod clients;
 pub mod companies;
@@ -7,6 +8,7 @@ pub mod documents;
 pub mod ops;
 pub mod policies;
 pub mod templates;
+pub mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -26,7 +28,9 @@ pub fn router(state: AppState) -> Router {
         .nest("/clients", clients::router())
         .nest("/policies", policies::router())
         .nest("/templates", templates::router())
-        .nest("/documents", documents::router());
+        .nest("/documents", documents::router())
+        .nest("/users", users::router())
+        .nest("/audit-logs", audit::router());
     Router::new()
         .nest("/api/v1", api)
         .merge(ops::router())
@@ -36,6 +40,10 @@ pub fn router(state: AppState) -> Router {
             |_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
             },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit,
         ))
         .layer(axum::middleware::from_fn(middleware::json_errors))
         .layer(cors(&state.settings))

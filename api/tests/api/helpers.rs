@@ -79,6 +79,34 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Like [`on_both_backends!`] with configuration overrides for each scenario:
+/// `name => &[("KEY", "value")]`.
+#[macro_export]
+macro_rules! on_both_backends_with {
+    ($($name:ident => $overrides:expr),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite, $overrides).await;
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() {
+                    if !$crate::helpers::services_configured() {
+                        return;
+                    }
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::PostgresRedis, $overrides).await;
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+            }
+        )+
+    };
+}
+
 /// Whether `TEST_DATABASE_URL` and `TEST_REDIS_URL` are set; panics when they are not but
 /// `MONASSURANCE_REQUIRE_SERVICES=1` says they must be.
 pub fn services_configured() -> bool {

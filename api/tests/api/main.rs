@@ -3,11 +3,14 @@
 
 mod helpers;
 
+mod audit;
 mod auth;
 mod business;
 mod cli;
 mod documents;
 mod formats;
 mod lifecycle;
+mod limits;
 mod ops;
 mod templates;
+mod users;

@@ -116,3 +116,60 @@ impl Users<'_> {
         .db()
     }
 }
+
+/// The fields an admin may change; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct UserChanges {
+    /// `Some(None)` clears the name.
+    pub full_name: Option<Option<String>>,
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
+}
+
+impl Users<'_> {
+    /// A page of users, oldest first (ids are time-ordered).
+    pub async fn list(&self, limit: i64, offset: i64) -> DbResult<super::Page<User>> {
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM users ORDER BY id LIMIT $1 OFFSET $2"
+        );
+        on_db!(self.0, pool => {
+            let items = sqlx::query_as::<_, User>(sql)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(pool)
+                .await
+                .db()?;
+            let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+                .fetch_one(pool)
+                .await
+                .db()?;
+            Ok(super::Page { items, total, limit, offset })
+        })
+    }
+
+    /// Applies `changes` in one statement; `None` when the user does not exist.
+    pub async fn update(&self, id: Uuid, changes: &UserChanges) -> DbResult<Option<User>> {
+        let sql = concat!(
+            "UPDATE users SET \
+             full_name = CASE WHEN $2 THEN $3 ELSE full_name END, \
+             role = COALESCE($4, role), \
+             is_active = COALESCE($5, is_active), \
+             updated_at = $6 \
+             WHERE id = $1 RETURNING ",
+            columns!(),
+            ""
+        );
+        on_db!(self.0, pool => sqlx::query_as::<_, User>(sql)
+            .bind(id)
+            .bind(changes.full_name.is_some())
+            .bind(changes.full_name.clone().flatten())
+            .bind(changes.role.map(|r| r.as_str()))
+            .bind(changes.is_active)
+            .bind(crate::now())
+            .fetch_optional(pool)
+            .await)
+        .db()
+    }
+}

@@ -1,0 +1,236 @@
+//! `/api/v1/users`: the admins' view of accounts. Only admins may list, create (with any
+//! role), read and change users. Deactivating an account also ends its sessions, so its
+//! refresh tokens die at once; its access tokens are refused by [`AuthUser`] on the next
+//! request (403 `account_disabled`).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use common::auth::hash_password;
+use common::db::audit::AuditEvent;
+use common::db::users::{NewUser, UserChanges};
+use common::db::{DbError, Page};
+use common::model::Role;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
+use crate::routes::Pagination;
+use crate::routes::auth::{UserOut, validate_account};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list).post(create))
+        .route("/{id}", get(read).patch(update))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(page): Query<Pagination>,
+) -> ApiResult<Json<Page<UserOut>>> {
+    user.require(Role::Admin)?;
+    let (limit, offset) = page.checked()?;
+    let page = state.db.users().list(limit, offset).await?;
+    Ok(Json(Page {
+        items: page.items.into_iter().map(UserOut::from).collect(),
+        total: page.total,
+        limit: page.limit,
+        offset: page.offset,
+    }))
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    email: String,
+    password: String,
+    full_name: Option<String>,
+    #[serde(default = "default_role")]
+    role: Role,
+    #[serde(default = "default_active")]
+    is_active: bool,
+}
+
+fn default_role() -> Role {
+    Role::Agent
+}
+
+fn default_active() -> bool {
+    true
+}
+
+async fn create(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    admin: AuthUser,
+    Json(body): Json<CreateBody>,
+) -> ApiResult<impl IntoResponse> {
+    admin.require(Role::Admin)?;
+    let (email, full_name) = validate_account(
+        &state,
+        &body.email,
+        &body.password,
+        body.full_name.as_deref(),
+    )?;
+    let hash = hash_password(body.password).await?;
+    let user = state
+        .db
+        .users()
+        .create(NewUser {
+            email,
+            full_name,
+            hashed_password: &hash,
+            role: body.role,
+            is_active: body.is_active,
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::Conflict(_) => {
+                ApiError::conflict("email_taken", "This email is already registered.")
+            }
+            other => other.into(),
+        })?;
+    let metadata = serde_json::json!({
+        "email": user.email,
+        "role": user.role,
+        "is_active": user.is_active,
+    });
+    audit(&state, &meta, &admin, "user_created", user.id, metadata).await;
+    Ok((StatusCode::CREATED, Json(UserOut::from(user))))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    admin: AuthUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<UserOut>> {
+    admin.require(Role::Admin)?;
+    let user = state
+        .db
+        .users()
+        .find_by_id(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("User not found."))?;
+    Ok(Json(UserOut::from(user)))
+}
+
+#[derive(Deserialize)]
+struct UpdateBody {
+    /// Absent: unchanged; `null` or blank: cleared.
+    #[serde(default, deserialize_with = "present")]
+    full_name: Option<Option<String>>,
+    role: Option<Role>,
+    is_active: Option<bool>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    admin: AuthUser,
+    Path(id): Path<Uuid>,
+    Json(body): Json<UpdateBody>,
+) -> ApiResult<Json<UserOut>> {
+    admin.require(Role::Admin)?;
+    let before = state
+        .db
+        .users()
+        .find_by_id(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("User not found."))?;
+    // An admin cannot lock themselves out (and so cannot remove the last admin by mistake).
+    if id == admin.id() {
+        if body.is_active == Some(false) {
+            return Err(ApiError::invalid(
+                "is_active",
+                "you cannot deactivate yourself",
+            ));
+        }
+        if body.role.is_some_and(|r| r != Role::Admin) {
+            return Err(ApiError::invalid("role", "you cannot demote yourself"));
+        }
+    }
+    let full_name = match body.full_name {
+        Some(name) => {
+            let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+            if name.as_ref().is_some_and(|n| n.chars().count() > 255) {
+                return Err(ApiError::invalid(
+                    "full_name",
+                    "must be at most 255 characters long",
+                ));
+            }
+            Some(name)
+        }
+        None => None,
+    };
+    let changes = UserChanges {
+        full_name,
+        role: body.role,
+        is_active: body.is_active,
+    };
+    let after = state
+        .db
+        .users()
+        .update(id, &changes)
+        .await?
+        .ok_or_else(|| ApiError::not_found("User not found."))?;
+    let mut changed = serde_json::Map::new();
+    if before.full_name != after.full_name {
+        changed.insert(
+            "full_name".into(),
+            serde_json::json!({"from": before.full_name, "to": after.full_name}),
+        );
+    }
+    if before.role != after.role {
+        changed.insert(
+            "role".into(),
+            serde_json::json!({"from": before.role, "to": after.role}),
+        );
+    }
+    if before.is_active != after.is_active {
+        changed.insert(
+            "is_active".into(),
+            serde_json::json!({"from": before.is_active, "to": after.is_active}),
+        );
+    }
+    let mut metadata = serde_json::json!({ "changes": changed });
+    if !after.is_active {
+        // Ends the refresh tokens of a deactivated account; done even when it was already
+        // inactive, in case a session survived an earlier race.
+        let sessions = state.db.sessions().revoke_all(id).await?;
+        metadata["sessions_revoked"] = sessions.into();
+    }
+    audit(&state, &meta, &admin, "user_updated", id, metadata).await;
+    Ok(Json(UserOut::from(after)))
+}
+
+async fn audit(
+    state: &AppState,
+    meta: &RequestMeta,
+    admin: &AuthUser,
+    action: &'static str,
+    user_id: Uuid,
+    metadata: serde_json::Value,
+) {
+    crate::routes::record(
+        state,
+        meta,
+        AuditEvent {
+            user_id: Some(admin.id()),
+            action,
+            object_type: Some("user"),
+            object_id: Some(user_id.to_string()),
+            metadata: Some(metadata),
+            ..Default::default()
+        },
+    )
+    .await;
+}
