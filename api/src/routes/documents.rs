@@ -163,53 +163,38 @@ async fn generate(
         ));
     }
 
-    let created = state
-        .db
-        .documents()
-        .create(NewDocument {
-            owner_id: user.id(),
-            document_type,
-            output_format: format,
-            template_version_id: version_id,
-            policy_id: body.policy_id,
-            inline_context: &inline_context,
-            compress,
-            encrypt,
-            request_id: meta.request_id.as_deref(),
-            idempotency_key: idempotency_key.as_deref(),
-            request_hash: Some(&request_hash),
-            lease_until: common::now() + state.settings.queued_lease,
-        })
-        .await;
-    let doc = match (created, &idempotency_key) {
-        (Ok(doc), _) => doc,
-        // The same key raced in from a parallel request: answer with the winner's document.
-        (Err(common::db::DbError::Conflict(_)), Some(key)) => {
-            let since = common::now() - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
-            let existing = state
-                .db
-                .documents()
-                .find_idempotent(user.id(), key, since)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::internal(anyhow::anyhow!("idempotency conflict without a row"))
-                })?;
-            return replay(&state, existing, &request_hash, wait).await;
-        }
-        (Err(err), _) => return Err(err.into()),
-    };
-    let job = RenderJob {
-        document_id: doc.id,
+    // The row and its job are written in a task of their own: a client disconnecting
+    // mid-request cancels this handler, and must not leave a row that no job refers to.
+    let pending = PendingDocument {
+        owner_id: user.id(),
+        document_type: document_type.to_owned(),
+        output_format: format,
+        template_version_id: version_id,
+        policy_id: body.policy_id,
+        inline_context,
+        compress,
+        encrypt,
         request_id: meta.request_id.clone(),
+        idempotency_key: idempotency_key.clone(),
+        request_hash: request_hash.clone(),
     };
-    if let Err(err) = state.queue.push(job).await {
-        tracing::error!(error = ?err, document_id = %doc.id, "cannot enqueue a document");
-        state.db.documents().delete(doc.id).await?;
-        return Err(ApiError::unavailable(
-            "The job queue is unavailable; try again shortly.",
-            5,
-        ));
-    }
+    let created = tokio::spawn(insert_and_enqueue(state.clone(), pending))
+        .await
+        .map_err(ApiError::internal)??;
+    let Some(doc) = created else {
+        // The same key raced in from a parallel request: answer with the winner's document.
+        let key = idempotency_key.as_deref().unwrap_or_default();
+        let since = common::now() - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
+        let existing = state
+            .db
+            .documents()
+            .find_idempotent(user.id(), key, since)
+            .await?
+            .ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("idempotency conflict without a row"))
+            })?;
+        return replay(&state, existing, &request_hash, wait).await;
+    };
     audit(
         &state,
         &meta,
@@ -221,6 +206,68 @@ async fn generate(
     .await;
 
     answer(&state, doc, StatusCode::ACCEPTED, wait).await
+}
+
+/// A checked document request, owned so that it can outlive the request's handler.
+struct PendingDocument {
+    owner_id: Uuid,
+    document_type: String,
+    output_format: OutputFormat,
+    template_version_id: Option<Uuid>,
+    policy_id: Option<Uuid>,
+    inline_context: serde_json::Value,
+    compress: bool,
+    encrypt: bool,
+    request_id: Option<String>,
+    idempotency_key: Option<String>,
+    request_hash: String,
+}
+
+/// Inserts the document row and pushes its job; `None` when its `Idempotency-Key` is
+/// already taken. When the queue refuses the job, the row is removed again and the client
+/// told to retry.
+async fn insert_and_enqueue(
+    state: AppState,
+    pending: PendingDocument,
+) -> ApiResult<Option<Document>> {
+    let created = state
+        .db
+        .documents()
+        .create(NewDocument {
+            owner_id: pending.owner_id,
+            document_type: &pending.document_type,
+            output_format: pending.output_format,
+            template_version_id: pending.template_version_id,
+            policy_id: pending.policy_id,
+            inline_context: &pending.inline_context,
+            compress: pending.compress,
+            encrypt: pending.encrypt,
+            request_id: pending.request_id.as_deref(),
+            idempotency_key: pending.idempotency_key.as_deref(),
+            request_hash: Some(&pending.request_hash),
+            lease_until: common::now() + state.settings.queued_lease,
+        })
+        .await;
+    let doc = match created {
+        Ok(doc) => doc,
+        Err(common::db::DbError::Conflict(_)) if pending.idempotency_key.is_some() => {
+            return Ok(None);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let job = RenderJob {
+        document_id: doc.id,
+        request_id: pending.request_id,
+    };
+    if let Err(err) = state.queue.push(job).await {
+        tracing::error!(error = ?err, document_id = %doc.id, "cannot enqueue a document");
+        state.db.documents().delete(doc.id).await?;
+        return Err(ApiError::unavailable(
+            "The job queue is unavailable; try again shortly.",
+            5,
+        ));
+    }
+    Ok(Some(doc))
 }
 
 /// The answer to a replayed `Idempotency-Key`: the same document, if the request is the same.
