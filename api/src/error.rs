@@ -120,6 +120,12 @@ impl From<DbError> for ApiError {
     fn from(err: DbError) -> Self {
         match err {
             DbError::Conflict(_) => ApiError::conflict("conflict", "This resource already exists."),
+            // Handlers check references first; getting here means one changed under the
+            // request (deleted concurrently, or still in use): the client's to retry.
+            DbError::ForeignKey(_) => ApiError::conflict(
+                "reference_changed",
+                "Something this request refers to was changed or is still in use; try again.",
+            ),
             other => ApiError::internal(other),
         }
     }
