@@ -100,11 +100,8 @@ async fn generate(
             "must be 1 to 30 characters long",
         ));
     }
-    let inline_context = match body.inline_context {
-        None | Some(serde_json::Value::Null) => serde_json::json!({}),
-        Some(value @ serde_json::Value::Object(_)) => value,
-        Some(_) => return Err(ApiError::invalid("inline_context", "must be a JSON object")),
-    };
+    let inline_context =
+        crate::routes::inline_context(body.inline_context, || serde_json::json!({}))?;
     let compress = body.compress.unwrap_or(state.settings.default_compress);
     let encrypt = body.encrypt.unwrap_or(state.settings.default_encrypt);
     if let Some(policy_id) = body.policy_id {

@@ -225,3 +225,15 @@ pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> 
     }
     Ok(())
 }
+
+/// A request's `inline_context`: a JSON object, or `default()` when absent or null.
+pub fn inline_context(
+    value: Option<serde_json::Value>,
+    default: impl FnOnce() -> serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(default()),
+        Some(value @ serde_json::Value::Object(_)) => Ok(value),
+        Some(_) => Err(ApiError::invalid("inline_context", "must be a JSON object")),
+    }
+}

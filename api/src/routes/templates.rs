@@ -359,11 +359,7 @@ async fn preview(
         }
         None => None,
     };
-    let inline_context = match body.inline_context {
-        None | Some(serde_json::Value::Null) => sample_context(),
-        Some(value @ serde_json::Value::Object(_)) => value,
-        Some(_) => return Err(ApiError::invalid("inline_context", "must be a JSON object")),
-    };
+    let inline_context = crate::routes::inline_context(body.inline_context, sample_context)?;
     let template = find(&state, id).await?;
     let version = state
         .db
