@@ -17,6 +17,7 @@ pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 
 use std::future::Future;

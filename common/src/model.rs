@@ -20,7 +20,7 @@ pub struct UnknownVariant {
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident: $kind:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "lowercase")]
         pub enum $name { $($variant),+ }
 
@@ -113,7 +113,7 @@ impl OutputFormat {
 }
 
 /// A user account.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -127,7 +127,7 @@ pub struct User {
 }
 
 /// A login on one device: the family of refresh tokens rotated from it.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct Session {
     pub id: Uuid,
     #[serde(skip)]
@@ -145,7 +145,7 @@ pub struct Session {
 pub type TemplateOptions = serde_json::Map<String, serde_json::Value>;
 
 /// A document template; its content lives in numbered versions.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct Template {
     pub id: Uuid,
     pub name: String,
@@ -155,6 +155,7 @@ pub struct Template {
     pub format: OutputFormat,
     pub scope: String,
     pub is_active: bool,
+    #[schema(value_type = Object)]
     pub options: Json<TemplateOptions>,
     pub created_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,
@@ -162,7 +163,7 @@ pub struct Template {
 }
 
 /// One immutable version of a template's content.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct TemplateVersion {
     pub id: Uuid,
     pub template_id: Uuid,
@@ -185,7 +186,7 @@ text_enum! {
 }
 
 /// An insurer. Its `api_key` is write-only: it is stored, never serialised.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct Company {
     pub id: Uuid,
     pub name: String,
@@ -199,7 +200,7 @@ pub struct Company {
 }
 
 /// A broker's client, owned by the user who created it.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct Client {
     pub id: Uuid,
     pub owner_id: Uuid,
@@ -213,7 +214,7 @@ pub struct Client {
 }
 
 /// An insurance policy of a client, possibly with an insurer.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct Policy {
     pub id: Uuid,
     pub policy_number: String,
@@ -231,7 +232,7 @@ pub struct Policy {
 }
 
 /// Time spent in each stage of a render, in milliseconds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     pub queue_ms: i64,
     pub render_ms: f64,
@@ -247,7 +248,7 @@ fn is_zero(value: &f64) -> bool {
 }
 
 /// A generated document: the row is the truth about where its job stands.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct Document {
     pub id: Uuid,
     pub owner_id: Uuid,
@@ -272,6 +273,7 @@ pub struct Document {
     pub size_bytes: Option<i64>,
     pub stored_bytes: Option<i64>,
     pub checksum: Option<String>,
+    #[schema(value_type = Option<Timings>)]
     pub timings: Option<Json<Timings>>,
     #[serde(skip)]
     pub request_id: Option<String>,
@@ -289,7 +291,7 @@ pub struct Document {
 }
 
 /// One audit log entry.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditLog {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -300,6 +302,7 @@ pub struct AuditLog {
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub audit_metadata: Option<Json<serde_json::Value>>,
 }
 

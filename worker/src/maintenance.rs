@@ -40,7 +40,7 @@ pub async fn reconcile(db: &Db, queue: &JobQueue, queued_lease: Duration) -> any
 }
 
 /// What a purge did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct PurgeReport {
     /// Keys of the objects no document points to, now deleted.
     pub removed: Vec<String>,

@@ -7,12 +7,10 @@
 //! line break, and a field starting with `=`, `+`, `-` or `@` gets a `'` prefix so a
 //! spreadsheet shows it as text instead of running it as a formula.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use common::db::Page;
@@ -21,21 +19,24 @@ use common::model::{AuditLog, Role};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthUser, Json, Query};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list))
-        .route("/export", get(export))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(export))
 }
 
 /// How many rows the export reads per query.
 const EXPORT_BATCH: i64 = 500;
 
 /// The filters both routes accept.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FilterQuery {
     action: Option<String>,
     object_type: Option<String>,
@@ -71,9 +72,14 @@ struct ListQuery {
 
 /// `limit`/`offset` as strings: serde's `flatten` hands numbers to the inner struct as
 /// text, so they are parsed here.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListPage {
+    /// Rows per page, 1 to 200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
+    /// Rows to skip (default 0).
+    #[param(value_type = Option<i64>, minimum = 0)]
     offset: Option<String>,
 }
 
@@ -93,6 +99,12 @@ impl ListPage {
     }
 }
 
+#[utoipa::path(
+    get, path = "/", tag = "audit", operation_id = "list_audit_logs",
+    security(("bearer" = [])),
+    params(FilterQuery, ListPage),
+    responses((status = 200, description = "A page of entries, newest first (managers and admins).", body = Page<AuditLog>))
+)]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -104,14 +116,27 @@ async fn list(
     Ok(Json(state.db.audit().list(&filter, limit, offset).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ExportQuery {
     #[serde(flatten)]
+    #[param(ignore)]
     filter: FilterQuery,
+    /// `,` (default), `;`, `|`, or a tab (`tab` or `%09`).
+    #[param(pattern = "^(,|;|\\||\t|tab)$")]
     delimiter: Option<String>,
+    /// Whether to add the `audit_metadata` column (`true`, default, or `false`).
+    #[param(pattern = "^(true|false|1|0)$")]
     include_metadata: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/export", tag = "audit", operation_id = "export_audit_logs",
+    security(("bearer" = [])),
+    params(FilterQuery, ExportQuery),
+    responses((status = 200, description = "Every matching entry as CSV, newest first, streamed.", content_type = "text/csv",
+        body = String, headers(("Content-Disposition" = String))))
+)]
 async fn export(
     State(state): State<AppState>,
     user: AuthUser,

@@ -1,11 +1,9 @@
 //! `/api/v1/auth`: registration, login, refresh with rotation and reuse detection, logout,
 //! revocation, the caller's profile and their devices (sessions).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
 use common::auth::{
     dummy_password_hash, hash_password, new_refresh_token, refresh_token_hash, verify_password,
 };
@@ -18,24 +16,27 @@ use common::model::{Role, Session, User};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, RequestMeta};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/register", post(register))
-        .route("/login", post(login))
-        .route("/refresh", post(refresh))
-        .route("/logout", post(logout))
-        .route("/revoke", post(logout))
-        .route("/revoke-all", post(revoke_all))
-        .route("/me", get(me))
-        .route("/devices", get(devices))
-        .route("/devices/{id}", delete(delete_device))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(revoke))
+        .routes(routes!(revoke_all))
+        .routes(routes!(me))
+        .routes(routes!(devices))
+        .routes(routes!(delete_device))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RegisterBody {
     email: String,
     password: String,
@@ -44,7 +45,7 @@ struct RegisterBody {
 }
 
 /// The public view of a user.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UserOut {
     id: Uuid,
     email: String,
@@ -112,6 +113,15 @@ pub fn validate_account<'a>(
     Ok((email, full_name))
 }
 
+#[utoipa::path(
+    post, path = "/register", tag = "auth", operation_id = "register",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "The new agent account.", body = UserOut),
+        (status = 403, description = "`role_not_allowed`: registration creates agents only.", body = ErrorBody),
+        (status = 409, description = "`email_taken`.", body = ErrorBody),
+    )
+)]
 async fn register(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -159,14 +169,14 @@ async fn register(
     Ok((StatusCode::CREATED, Json(UserOut::from(user))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct LoginBody {
     email: String,
     password: String,
     device_label: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TokenPair {
     access_token: String,
     refresh_token: String,
@@ -174,6 +184,15 @@ struct TokenPair {
     expires_in: u64,
 }
 
+#[utoipa::path(
+    post, path = "/login", tag = "auth", operation_id = "login",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "A new session's tokens.", body = TokenPair),
+        (status = 401, description = "Incorrect email or password.", body = ErrorBody),
+        (status = 403, description = "`account_disabled`.", body = ErrorBody),
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -238,11 +257,19 @@ async fn login(
     Ok(Json(token_pair(&state, &user, session_id, refresh_token)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RefreshBody {
     refresh_token: String,
 }
 
+#[utoipa::path(
+    post, path = "/refresh", tag = "auth", operation_id = "refresh",
+    request_body = RefreshBody,
+    responses(
+        (status = 200, description = "Rotated tokens; the old refresh token stops working (reusing it revokes the session).", body = TokenPair),
+        (status = 401, description = "The refresh token is invalid, expired or revoked.", body = ErrorBody),
+    )
+)]
 async fn refresh(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -306,6 +333,11 @@ async fn refresh(
 
 /// Logout and revoke: owning the refresh token is the proof; always 204 so the answer
 /// does not tell whether a token existed.
+#[utoipa::path(
+    post, path = "/logout", tag = "auth", operation_id = "logout",
+    request_body = RefreshBody,
+    responses((status = 204, description = "The refresh token's session is closed (204 whether or not it existed)."))
+)]
 async fn logout(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -331,6 +363,24 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post, path = "/revoke", tag = "auth", operation_id = "revoke",
+    request_body = RefreshBody,
+    responses((status = 204, description = "Same as logout."))
+)]
+async fn revoke(
+    state: State<AppState>,
+    meta: RequestMeta,
+    body: Json<RefreshBody>,
+) -> ApiResult<StatusCode> {
+    logout(state, meta, body).await
+}
+
+#[utoipa::path(
+    post, path = "/revoke-all", tag = "auth", operation_id = "revoke_all",
+    security(("bearer" = [])),
+    responses((status = 204, description = "Every session of the caller is closed; their access tokens stop working."))
+)]
 async fn revoke_all(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -350,14 +400,30 @@ async fn revoke_all(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get, path = "/me", tag = "auth", operation_id = "me",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller.", body = UserOut))
+)]
 async fn me(user: AuthUser) -> Json<UserOut> {
     Json(UserOut::from(user.user))
 }
 
+#[utoipa::path(
+    get, path = "/devices", tag = "auth", operation_id = "list_devices",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller's open sessions (one per login).", body = Vec<Session>))
+)]
 async fn devices(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Vec<Session>>> {
     Ok(Json(state.db.sessions().list_open(user.id()).await?))
 }
 
+#[utoipa::path(
+    delete, path = "/devices/{id}", tag = "auth", operation_id = "revoke_device",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The device (session) id.")),
+    responses((status = 204, description = "The session is closed; its tokens stop working."))
+)]
 async fn delete_device(
     State(state): State<AppState>,
     meta: RequestMeta,

@@ -2,30 +2,30 @@
 //! agents see and change only their own, managers and admins all of them. Another agent's
 //! client answers 404, like a missing one, so ids do not reveal what exists.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use common::db::clients::{ClientPatch, NewClient};
 use common::db::{DbError, Page};
 use common::model::Client;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
 use crate::routes::auth::valid_email;
 use crate::routes::{Pagination, check_text, record_change};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(read).put(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateBody {
     first_name: String,
     last_name: String,
@@ -34,7 +34,7 @@ struct CreateBody {
     address: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UpdateBody {
     first_name: Option<String>,
     last_name: Option<String>,
@@ -43,9 +43,11 @@ struct UpdateBody {
     address: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     #[serde(flatten)]
+    #[param(ignore)]
     page: Pagination,
     /// A case-insensitive substring of a name, the email or the phone.
     q: Option<String>,
@@ -81,6 +83,15 @@ fn trimmed(value: Option<String>) -> Option<String> {
     value.map(|s| s.trim().to_owned())
 }
 
+#[utoipa::path(
+    post, path = "/", tag = "clients", operation_id = "create_client",
+    security(("bearer" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new client.", body = Client),
+
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -117,6 +128,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(client)))
 }
 
+#[utoipa::path(
+    get, path = "/", tag = "clients", operation_id = "list_clients",
+    security(("bearer" = [])),
+    params(Pagination, ListQuery),
+    responses((status = 200, description = "A page of clients (an agent sees their own).", body = Page<Client>))
+)]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -133,6 +150,12 @@ async fn list(
     ))
 }
 
+#[utoipa::path(
+    get, path = "/{id}", tag = "clients", operation_id = "get_client",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The client id.")),
+    responses((status = 200, description = "The client.", body = Client))
+)]
 async fn read(
     State(state): State<AppState>,
     user: AuthUser,
@@ -141,6 +164,16 @@ async fn read(
     visible(&state, &user, id).await.map(Json)
 }
 
+#[utoipa::path(
+    put, path = "/{id}", tag = "clients", operation_id = "update_client",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The client id.")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The changed client (absent fields stay as they are).", body = Client),
+
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -166,6 +199,15 @@ async fn update(
     Ok(Json(client))
 }
 
+#[utoipa::path(
+    delete, path = "/{id}", tag = "clients", operation_id = "delete_client",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The client id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 409, description = "`client_has_policies`: delete its policies first.", body = ErrorBody),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     meta: RequestMeta,

@@ -2,11 +2,9 @@
 //! public); managers and admins write them; only admins delete. The `api_key` is
 //! write-only: the model never serialises it, so no answer can echo it.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use common::db::DbError;
 use common::db::Page;
 use common::db::companies::{CompanyPatch, NewCompany};
@@ -14,18 +12,20 @@ use common::model::{Company, Role};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
 use crate::routes::{Pagination, check_text, record_change};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(read).put(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateBody {
     name: String,
     code: String,
@@ -35,7 +35,7 @@ struct CreateBody {
     api_key: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UpdateBody {
     name: Option<String>,
     code: Option<String>,
@@ -73,6 +73,15 @@ fn duplicate(err: DbError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    post, path = "/", tag = "companies", operation_id = "create_company",
+    security(("bearer" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new company.", body = Company),
+        (status = 409, description = "`company_exists`: the name or code is taken.", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -110,6 +119,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(company)))
 }
 
+#[utoipa::path(
+    get, path = "/", tag = "companies", operation_id = "list_companies",
+    security(("bearer" = [])),
+    params(Pagination),
+    responses((status = 200, description = "A page of companies (any logged-in user; `api_key` is never shown).", body = Page<Company>))
+)]
 async fn list(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -119,6 +134,12 @@ async fn list(
     Ok(Json(state.db.companies().list(limit, offset).await?))
 }
 
+#[utoipa::path(
+    get, path = "/{id}", tag = "companies", operation_id = "get_company",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The company id.")),
+    responses((status = 200, description = "The company.", body = Company))
+)]
 async fn read(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -133,6 +154,16 @@ async fn read(
         .ok_or_else(|| ApiError::not_found("Company not found."))
 }
 
+#[utoipa::path(
+    put, path = "/{id}", tag = "companies", operation_id = "update_company",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The company id.")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The changed company (absent fields stay as they are).", body = Company),
+        (status = 409, description = "`company_exists`: the name or code is taken.", body = ErrorBody),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -165,6 +196,15 @@ async fn update(
     Ok(Json(company))
 }
 
+#[utoipa::path(
+    delete, path = "/{id}", tag = "companies", operation_id = "delete_company",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The company id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 409, description = "`reference_changed`: policies still refer to it.", body = ErrorBody),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     meta: RequestMeta,

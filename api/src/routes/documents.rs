@@ -7,7 +7,6 @@
 //! managers and admins see all. A document another agent owns answers 404, not 403, so
 //! ids do not reveal what exists.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -17,7 +16,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use common::db::Page;
 use common::db::audit::AuditEvent;
 use common::db::documents::{DocumentFilter, NewDocument};
 use common::limits::Spend;
@@ -28,22 +27,24 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
 use crate::routes::Pagination;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list))
-        .route("/generate", post(generate))
-        .route("/purge-orphans", post(purge_orphans))
-        .route("/{id}", get(read).delete(remove))
-        .route("/{id}/signed-url", post(signed_url))
-        .route("/{id}/download", get(download))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(generate))
+        .routes(routes!(purge_orphans))
+        .routes(routes!(read, remove))
+        .routes(routes!(signed_url))
+        .routes(routes!(download))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct GenerateBody {
     document_type: String,
     template_id: Option<Uuid>,
@@ -62,6 +63,28 @@ const MAX_WAIT_SECONDS: u64 = 30;
 /// How long an `Idempotency-Key` is remembered.
 const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
 
+#[utoipa::path(
+    post, path = "/generate", tag = "documents", operation_id = "generate_document",
+    security(("bearer" = [])),
+    params(
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: hold the answer until the document is finished or N seconds (at most 30) have passed."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeating a key (within 24 h) answers the same document instead of making another."),
+    ),
+    request_body = GenerateBody,
+    responses(
+        (status = 202, description = "Queued; poll `Location`.", body = Document,
+            headers(("Location" = String, description = "The document's path."), ("ETag" = String))),
+        (status = 201, description = "With `Prefer: wait`: ready.", body = Document,
+            headers(("Location" = String), ("ETag" = String), ("Preference-Applied" = String))),
+        (status = 200, description = "With `Prefer: wait`: failed (see `error`); or an `Idempotency-Key` replay.", body = Document,
+            headers(("Location" = String), ("ETag" = String))),
+        (status = 404, description = "The template, version or policy named does not exist (or is not the caller's).", body = ErrorBody),
+        (status = 409, description = "`reference_changed`: something named changed during the request.", body = ErrorBody),
+        (status = 422, description = "An invalid field, an output format the template cannot give, or `idempotency_key_reused` with a different body.", body = ErrorBody),
+        (status = 503, description = "Too many documents are queued; `Retry-After` says when to try again.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    )
+)]
 async fn generate(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -413,14 +436,22 @@ fn check_format(template: Option<OutputFormat>, output: OutputFormat) -> ApiResu
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     #[serde(flatten)]
+    #[param(ignore)]
     page: Pagination,
     status: Option<DocumentStatus>,
     policy_id: Option<Uuid>,
 }
 
+#[utoipa::path(
+    get, path = "/", tag = "documents", operation_id = "list_documents",
+    security(("bearer" = [])),
+    params(Pagination, ListQuery),
+    responses((status = 200, description = "A page of documents (an agent sees their own).", body = Page<Document>))
+)]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -439,6 +470,18 @@ async fn list(
 
 /// The status clients poll; `If-None-Match` with the last `ETag` answers 304 while
 /// nothing changed.
+#[utoipa::path(
+    get, path = "/{id}", tag = "documents", operation_id = "get_document",
+    security(("bearer" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The document id."),
+        ("If-None-Match" = Option<String>, Header, description = "The last `ETag`: 304 while nothing changed."),
+    ),
+    responses(
+        (status = 200, description = "The document's status.", body = Document, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the `ETag` sent.", headers(("ETag" = String))),
+    )
+)]
 async fn read(
     State(state): State<AppState>,
     user: AuthUser,
@@ -462,6 +505,11 @@ async fn read(
 
 /// Admin: removes objects no document points to; marks failed the ready documents whose
 /// object vanished.
+#[utoipa::path(
+    post, path = "/purge-orphans", tag = "documents", operation_id = "purge_orphans",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Admins: what was removed (objects no document points to) and lost (ready documents whose file vanished, now failed).", body = worker::maintenance::PurgeReport))
+)]
 async fn purge_orphans(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -485,6 +533,12 @@ async fn purge_orphans(
     Ok(Json(report))
 }
 
+#[utoipa::path(
+    delete, path = "/{id}", tag = "documents", operation_id = "delete_document",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The document id.")),
+    responses((status = 204, description = "Deleted with its file."))
+)]
 async fn remove(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -513,9 +567,12 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TtlQuery {
+    /// How long the link works, in seconds (at most `SIGNED_URL_MAX_TTL`).
     #[serde(default = "default_ttl")]
+    #[param(minimum = 1, default = 300)]
     ttl_seconds: i64,
 }
 
@@ -523,12 +580,21 @@ fn default_ttl() -> i64 {
     300
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SignedUrl {
     url: String,
     expires_at: chrono::DateTime<chrono::Utc>,
 }
 
+#[utoipa::path(
+    post, path = "/{id}/signed-url", tag = "documents", operation_id = "sign_document_link",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The document id."), TtlQuery),
+    responses(
+        (status = 200, description = "A link that downloads the document without a token until it expires.", body = SignedUrl),
+        (status = 409, description = "`document_not_ready` or `document_failed`: only ready documents can be signed.", body = ErrorBody),
+    )
+)]
 async fn signed_url(
     State(state): State<AppState>,
     user: AuthUser,
@@ -569,14 +635,35 @@ async fn signed_url(
     Ok(Json(SignedUrl { url, expires_at }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LinkQuery {
+    /// A signed link's expiry (Unix seconds).
     exp: Option<i64>,
+    /// A signed link's signature, `<kid>.<base64url MAC>`.
     sig: Option<String>,
 }
 
 /// With `exp` and `sig`, the link is the credential and no bearer token is needed; without
 /// them, the caller must be the owner, a manager or an admin.
+#[utoipa::path(
+    get, path = "/{id}/download", tag = "documents", operation_id = "download_document",
+    security((), ("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The document id."), LinkQuery),
+    responses(
+        (status = 200, description = "The document's bytes, streamed (with `X-Checksum`, the SHA-256 of the bytes).",
+            content(
+                (String = "text/html"),
+                (Vec<u8> = "application/pdf"),
+                (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+            ),
+            headers(("X-Checksum" = String), ("ETag" = String), ("Content-Disposition" = String))),
+        (status = 401, description = "Neither a signed link nor a bearer token.", body = ErrorBody),
+        (status = 403, description = "`invalid_link`: the link is incomplete, expired or its signature is wrong.", body = ErrorBody),
+        (status = 409, description = "`document_not_ready` or `document_failed`.", body = ErrorBody),
+        (status = 410, description = "`object_missing`: the file is no longer in storage.", body = ErrorBody),
+    )
+)]
 async fn download(
     State(state): State<AppState>,
     meta: RequestMeta,

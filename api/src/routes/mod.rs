@@ -17,23 +17,17 @@ use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+
 use crate::error::ApiError;
 use crate::{AppState, middleware};
 
 /// Every route, with the cross-cutting layers (see [`crate::middleware`] for their order).
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .nest("/auth", auth::router())
-        .nest("/companies", companies::router())
-        .nest("/clients", clients::router())
-        .nest("/policies", policies::router())
-        .nest("/templates", templates::router())
-        .nest("/documents", documents::router())
-        .nest("/users", users::router())
-        .nest("/audit-logs", audit::router());
-    Router::new()
-        .nest("/api/v1", api)
-        .merge(ops::router())
+    let (routes, api) = described_routes();
+    routes
+        .merge(crate::openapi::router(&api))
         .fallback(|| async { ApiError::not_found("Not found.") })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(CatchPanicLayer::custom(
@@ -60,6 +54,25 @@ pub fn router(state: AppState) -> Router {
             middleware::request_id,
         ))
         .with_state(state)
+}
+
+/// Every route with its OpenAPI description: `routes!` registers both together.
+pub fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let api = OpenApiRouter::new()
+        .nest("/auth", auth::router())
+        .nest("/companies", companies::router())
+        .nest("/clients", clients::router())
+        .nest("/policies", policies::router())
+        .nest("/templates", templates::router())
+        .nest("/documents", documents::router())
+        .nest("/users", users::router())
+        .nest("/audit-logs", audit::router());
+    let (routes, mut description) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .nest("/api/v1", api)
+        .merge(ops::router())
+        .split_for_parts();
+    crate::openapi::conventions(&mut description);
+    (routes, description)
 }
 
 /// CORS from `CORS_*`. A `*` entry allows any value; combined with credentials the
@@ -127,11 +140,16 @@ fn cors(settings: &common::Settings) -> CorsLayer {
 ///
 /// Route queries embed it with `#[serde(flatten)]`, and a flattened struct receives query
 /// values as strings: the numbers are therefore parsed from either form.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Pagination {
+    /// Rows per page.
     #[serde(default = "default_limit", deserialize_with = "number")]
+    #[param(minimum = 1, maximum = 200, default = 50)]
     pub limit: i64,
+    /// Rows to skip.
     #[serde(default, deserialize_with = "number")]
+    #[param(minimum = 0, default = 0)]
     pub offset: i64,
 }
 

@@ -4,11 +4,9 @@
 //! with the current policy before the rules are checked, so a partial update cannot leave
 //! `expiry_date` before `effective_date`.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use common::db::policies::{PolicyFields, PolicyFilter};
 use common::db::{DbError, Page};
@@ -16,19 +14,21 @@ use common::model::{Policy, PolicyStatus};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
 use crate::routes::clients::owner_scope;
 use crate::routes::{Pagination, check_text, record_change};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(read).put(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateBody {
     policy_number: String,
     client_id: Uuid,
@@ -41,7 +41,7 @@ struct CreateBody {
     currency: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UpdateBody {
     policy_number: Option<String>,
     client_id: Option<Uuid>,
@@ -54,9 +54,11 @@ struct UpdateBody {
     currency: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     #[serde(flatten)]
+    #[param(ignore)]
     page: Pagination,
     client_id: Option<Uuid>,
     company_id: Option<Uuid>,
@@ -112,6 +114,15 @@ fn write_error(err: DbError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    post, path = "/", tag = "policies", operation_id = "create_policy",
+    security(("bearer" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new policy.", body = Policy),
+        (status = 409, description = "`policy_exists`: the number is taken.", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -141,6 +152,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(policy)))
 }
 
+#[utoipa::path(
+    get, path = "/", tag = "policies", operation_id = "list_policies",
+    security(("bearer" = [])),
+    params(Pagination, ListQuery),
+    responses((status = 200, description = "A page of policies (an agent sees their clients').", body = Page<Policy>))
+)]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -158,6 +175,12 @@ async fn list(
     ))
 }
 
+#[utoipa::path(
+    get, path = "/{id}", tag = "policies", operation_id = "get_policy",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The policy id.")),
+    responses((status = 200, description = "The policy.", body = Policy))
+)]
 async fn read(
     State(state): State<AppState>,
     user: AuthUser,
@@ -166,6 +189,16 @@ async fn read(
     visible(&state, &user, id).await.map(Json)
 }
 
+#[utoipa::path(
+    put, path = "/{id}", tag = "policies", operation_id = "update_policy",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The policy id.")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The changed policy (absent fields stay as they are).", body = Policy),
+        (status = 409, description = "`policy_exists`: the number is taken.", body = ErrorBody),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -200,6 +233,15 @@ async fn update(
     Ok(Json(policy))
 }
 
+#[utoipa::path(
+    delete, path = "/{id}", tag = "policies", operation_id = "delete_policy",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The policy id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 409, description = "`reference_changed`: something still refers to it.", body = ErrorBody),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     meta: RequestMeta,

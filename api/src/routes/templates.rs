@@ -1,32 +1,36 @@
 //! `/api/v1/templates`: versioned document templates, managed by managers and admins.
 
-use axum::Router;
 use axum::extract::State;
+use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use common::db::DbError;
+use common::db::Page;
 use common::db::audit::AuditEvent;
 use common::db::templates::{NewTemplate, TemplatePatch};
 use common::model::{OutputFormat, Role, Template, TemplateOptions, TemplateVersion};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use uuid::Uuid;
 
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
 use crate::routes::{Pagination, check_text};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", post(create).get(list))
-        .route("/{id}", get(read).patch(update).delete(remove))
-        .route("/{id}/versions", post(add_version))
-        .route("/{id}/versions/{version}", get(read_version))
-        .route("/{id}/versions/{version}/preview", post(preview))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read, update, remove))
+        .routes(routes!(add_version))
+        .routes(routes!(upload))
+        .routes(routes!(read_version))
+        .routes(routes!(preview))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateBody {
     name: String,
     #[serde(rename = "type", default = "default_type")]
@@ -38,7 +42,9 @@ struct CreateBody {
     #[serde(default = "default_true")]
     is_active: bool,
     content: Option<String>,
+    /// PDF layout: `page_size`, `orientation`, `margin_top`… (see the README).
     #[serde(default)]
+    #[schema(value_type = Object)]
     options: TemplateOptions,
 }
 
@@ -55,7 +61,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PatchBody {
     name: Option<String>,
     #[serde(rename = "type")]
@@ -63,23 +69,26 @@ struct PatchBody {
     format: Option<OutputFormat>,
     scope: Option<String>,
     is_active: Option<bool>,
+    #[schema(value_type = Option<Object>)]
     options: Option<TemplateOptions>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct VersionBody {
     content: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     #[serde(flatten)]
+    #[param(ignore)]
     page: Pagination,
     active: Option<bool>,
 }
 
 /// A template with its versions in ascending order.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TemplateOut {
     #[serde(flatten)]
     template: Template,
@@ -117,6 +126,15 @@ fn duplicate(err: DbError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    post, path = "/", tag = "templates", operation_id = "create_template",
+    security(("bearer" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new template; `content` became version 1.", body = TemplateOut),
+        (status = 409, description = "`template_exists`: the (name, type, scope) is taken.", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -156,6 +174,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(
+    get, path = "/", tag = "templates", operation_id = "list_templates",
+    security(("bearer" = [])),
+    params(Pagination, ListQuery),
+    responses((status = 200, description = "A page of templates.", body = Page<Template>))
+)]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -172,6 +196,12 @@ async fn list(
     ))
 }
 
+#[utoipa::path(
+    get, path = "/{id}", tag = "templates", operation_id = "get_template",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The template id.")),
+    responses((status = 200, description = "The template with its versions in ascending order.", body = TemplateOut))
+)]
 async fn read(
     State(state): State<AppState>,
     user: AuthUser,
@@ -183,6 +213,16 @@ async fn read(
     Ok(Json(TemplateOut { template, versions }))
 }
 
+#[utoipa::path(
+    patch, path = "/{id}", tag = "templates", operation_id = "update_template",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The template id.")),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The changed template.", body = Template),
+        (status = 409, description = "`template_exists`.", body = ErrorBody),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -226,6 +266,15 @@ async fn update(
     Ok(Json(template))
 }
 
+#[utoipa::path(
+    delete, path = "/{id}", tag = "templates", operation_id = "delete_template",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The template id.")),
+    responses(
+        (status = 204, description = "Deleted with its versions."),
+        (status = 409, description = "`reference_changed`: something still refers to it.", body = ErrorBody),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -240,6 +289,13 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post, path = "/{id}/versions", tag = "templates", operation_id = "add_template_version",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The template id.")),
+    request_body = VersionBody,
+    responses((status = 201, description = "The new version (numbers increase from 1).", body = TemplateVersion))
+)]
 async fn add_version(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -263,6 +319,123 @@ async fn add_version(
     Ok((StatusCode::CREATED, Json(version)))
 }
 
+/// Adds a version from a multipart upload: the `file` part is the content (UTF-8), and an
+/// optional `checksum` part (lowercase or uppercase hex SHA-256) must match it.
+#[utoipa::path(
+    post, path = "/{id}/upload", tag = "templates", operation_id = "upload_template_version",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The template id.")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "The new version.", body = TemplateVersion),
+        (status = 422, description = "`checksum_mismatch`, or an invalid file (`validation_error`).", body = ErrorBody),
+    )
+)]
+async fn upload(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<impl IntoResponse> {
+    user.require(Role::Manager)?;
+    let template = find(&state, id).await?;
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Send the file as multipart/form-data: {}", e.body_text()),
+        )
+    })?;
+    let mut file: Option<(Option<String>, bytes::Bytes)> = None;
+    let mut checksum: Option<String> = None;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") => {
+                let filename = field.file_name().map(str::to_owned);
+                file = Some((filename, field.bytes().await.map_err(multipart_error)?));
+            }
+            Some("checksum") => checksum = Some(field.text().await.map_err(multipart_error)?),
+            _ => {}
+        }
+    }
+    let (filename, bytes) =
+        file.ok_or_else(|| ApiError::invalid("file", "a `file` part is required"))?;
+    let content = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::invalid("file", "the file must be UTF-8 text"))?;
+    if let Some(expected) = checksum {
+        let actual = hex::encode(sha2::Sha256::digest(&bytes));
+        if !expected.trim().eq_ignore_ascii_case(&actual) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "checksum_mismatch",
+                format!("The file's SHA-256 is {actual}, not the checksum sent."),
+            ));
+        }
+    }
+    check_content(template.format, content)?;
+    let version = state
+        .db
+        .templates()
+        .add_version(id, content, "upload", user.id())
+        .await
+        .map_err(|e| match e {
+            DbError::ForeignKey(_) => ApiError::not_found("Template not found."),
+            other => other.into(),
+        })?;
+    crate::routes::record(
+        &state,
+        &meta,
+        AuditEvent {
+            user_id: Some(user.id()),
+            action: "template_version_created",
+            object_type: Some("template_version"),
+            object_id: Some(version.id.to_string()),
+            metadata: Some(serde_json::json!({
+                "source": "upload",
+                "filename": filename,
+                "version": version.version,
+            })),
+            ..Default::default()
+        },
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(version)))
+}
+
+/// The multipart form of an upload (for the OpenAPI description; the handler reads the
+/// parts itself).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The template's content, UTF-8.
+    #[schema(format = Binary, content_media_type = "application/octet-stream")]
+    file: String,
+    /// The content's SHA-256, in hex; the upload is refused when it does not match.
+    checksum: Option<String>,
+}
+
+/// A multipart body that cannot be read: too large (413) or malformed (400).
+fn multipart_error(err: MultipartError) -> ApiError {
+    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        crate::extract::payload_too_large()
+    } else {
+        ApiError::bad_request(
+            "malformed_multipart",
+            format!("The multipart body cannot be read: {}", err.body_text()),
+        )
+    }
+}
+
+#[utoipa::path(
+    get, path = "/{id}/versions/{version}", tag = "templates", operation_id = "get_template_version",
+    security(("bearer" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The template id."),
+        ("version" = i32, Path, description = "The version number."),
+    ),
+    responses((status = 200, description = "The version with its content.", body = TemplateVersion))
+)]
 async fn read_version(
     State(state): State<AppState>,
     user: AuthUser,
@@ -329,7 +502,7 @@ fn sample_context() -> serde_json::Value {
     })
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct PreviewBody {
     inline_context: Option<serde_json::Value>,
     policy_id: Option<Uuid>,
@@ -337,6 +510,25 @@ struct PreviewBody {
 
 /// Renders a version now, with the request's context or a built-in sample, and answers
 /// the bytes in the template's format. Nothing is stored.
+#[utoipa::path(
+    post, path = "/{id}/versions/{version}/preview", tag = "templates", operation_id = "preview_template_version",
+    security(("bearer" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The template id."),
+        ("version" = i32, Path, description = "The version number."),
+    ),
+    request_body(content = Option<PreviewBody>, description = "Optional: without a body (or with neither field) a built-in sample is rendered."),
+    responses(
+        (status = 200, description = "The rendered bytes in the template's format; nothing is stored.",
+            content(
+                (String = "text/html"),
+                (Vec<u8> = "application/pdf"),
+                (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+            )),
+        (status = 503, description = "The PDF engine is unavailable; `Retry-After` says when to try again.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    )
+)]
 async fn preview(
     State(state): State<AppState>,
     user: AuthUser,

@@ -3,11 +3,9 @@
 //! refresh tokens die at once; its access tokens are refused by [`AuthUser`] on the next
 //! request (403 `account_disabled`).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use common::auth::hash_password;
 use common::db::audit::AuditEvent;
 use common::db::users::{NewUser, UserChanges};
@@ -16,18 +14,26 @@ use common::model::Role;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
 use crate::routes::Pagination;
 use crate::routes::auth::{UserOut, validate_account};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(read).patch(update))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update))
 }
 
+#[utoipa::path(
+    get, path = "/", tag = "users", operation_id = "list_users",
+    security(("bearer" = [])),
+    params(Pagination),
+    responses((status = 200, description = "A page of users (admins only).", body = Page<UserOut>))
+)]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -44,7 +50,7 @@ async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateBody {
     email: String,
     password: String,
@@ -63,6 +69,15 @@ fn default_active() -> bool {
     true
 }
 
+#[utoipa::path(
+    post, path = "/", tag = "users", operation_id = "create_user",
+    security(("bearer" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new user, with any role.", body = UserOut),
+        (status = 409, description = "`email_taken`.", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -103,6 +118,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(UserOut::from(user))))
 }
 
+#[utoipa::path(
+    get, path = "/{id}", tag = "users", operation_id = "get_user",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user id.")),
+    responses((status = 200, description = "The user.", body = UserOut))
+)]
 async fn read(
     State(state): State<AppState>,
     admin: AuthUser,
@@ -118,7 +139,7 @@ async fn read(
     Ok(Json(UserOut::from(user)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UpdateBody {
     /// Absent: unchanged; `null` or blank: cleared.
     #[serde(default, deserialize_with = "present")]
@@ -132,6 +153,13 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Option::<String>::deserialize(d).map(Some)
 }
 
+#[utoipa::path(
+    patch, path = "/{id}", tag = "users", operation_id = "update_user",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user id.")),
+    request_body = UpdateBody,
+    responses((status = 200, description = "The changed user. Deactivation ends their sessions at once.", body = UserOut))
+)]
 async fn update(
     State(state): State<AppState>,
     meta: RequestMeta,

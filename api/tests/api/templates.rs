@@ -312,3 +312,154 @@ async fn previews_render_without_storing_anything(app: &TestApp) {
         .unwrap();
     assert_eq!(listed["total"], 0, "a preview is not a document");
 }
+
+on_both_backends!(uploads_add_checked_versions);
+
+/// `POST /templates/{id}/upload`: a multipart `file` becomes the next version; a `checksum`
+/// that does not match, an unparsable template, a missing part or an oversized body is
+/// refused and adds nothing.
+async fn uploads_add_checked_versions(app: &TestApp) {
+    use reqwest::multipart::{Form, Part};
+    use sha2::Digest;
+
+    let admin = app.admin().await.access_token;
+    let created = app
+        .create_template(&admin, "Quote", "<p>{{ policy.policy_number }}</p>")
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let upload = |form: Form| {
+        app.client
+            .post(app.url(&format!("/api/v1/templates/{id}/upload")))
+            .bearer_auth(&admin)
+            .multipart(form)
+            .send()
+    };
+    let file = |content: &str| Part::text(content.to_owned()).file_name("quote.html");
+    let versions = || async {
+        let detail: Value = app
+            .get(&format!("/api/v1/templates/{id}"), Some(&admin))
+            .await
+            .json()
+            .await
+            .unwrap();
+        detail["versions"].as_array().unwrap().len()
+    };
+
+    let content = "<h1>Quote {{ policy.policy_number }}</h1>";
+    let res = upload(Form::new().part("file", file(content)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let v2: Value = res.json().await.unwrap();
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["content"], content);
+    assert_eq!(v2["storage_backend"], "upload");
+    let sum = hex::encode(sha2::Sha256::digest(content.as_bytes()));
+    assert_eq!(v2["checksum"], sum);
+
+    // A matching checksum (any hex case) is accepted.
+    let res = upload(
+        Form::new()
+            .part("file", file(content))
+            .text("checksum", sum.to_uppercase()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.json::<Value>().await.unwrap()["version"], 3);
+
+    let res = upload(
+        Form::new()
+            .part("file", file("<p>tampered</p>"))
+            .text("checksum", sum.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(res).await, "checksum_mismatch");
+
+    let res = upload(Form::new().part("file", file("<p>{% if %}</p>")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "content", "{body}");
+
+    let res = upload(Form::new().text("checksum", sum.clone()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "file", "{body}");
+
+    let res = upload(Form::new().part("file", Part::bytes(vec![0xff, 0xfe, 0x00])))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Over MAX_BODY_BYTES (10 MiB by default): 413 with the JSON error shape.
+    let big = "x".repeat(10 * 1024 * 1024 + 1);
+    let res = upload(Form::new().part("file", Part::text(big).file_name("big.html")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(res).await, "payload_too_large");
+
+    let res = app
+        .post_json(
+            &format!("/api/v1/templates/{id}/upload"),
+            Some(&admin),
+            &json!({"content": content}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    error_code(res).await;
+
+    assert_eq!(versions().await, 3, "refused uploads added a version");
+
+    let unknown = app
+        .client
+        .post(app.url(&format!(
+            "/api/v1/templates/{}/upload",
+            uuid::Uuid::now_v7()
+        )))
+        .bearer_auth(&admin)
+        .multipart(Form::new().part("file", file(content)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    let res = app
+        .client
+        .post(app.url(&format!("/api/v1/templates/{id}/upload")))
+        .bearer_auth(&agent)
+        .multipart(Form::new().part("file", file(content)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    let audit: Value = app
+        .get(
+            "/api/v1/audit-logs?action=template_version_created",
+            Some(&admin),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let uploads: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["audit_metadata"]["source"] == "upload")
+        .collect();
+    assert_eq!(uploads.len(), 2, "{audit}");
+    assert_eq!(uploads[0]["audit_metadata"]["filename"], "quote.html");
+    assert_eq!(uploads[0]["object_type"], "template_version");
+}
