@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(as = RegisterRequest)]
 struct RegisterBody {
     email: String,
     password: String,
@@ -170,6 +171,7 @@ async fn register(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(as = LoginRequest)]
 struct LoginBody {
     email: String,
     password: String,
@@ -258,6 +260,7 @@ async fn login(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(as = RefreshRequest)]
 struct RefreshBody {
     refresh_token: String,
 }

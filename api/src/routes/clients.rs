@@ -26,6 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ClientCreate)]
 struct CreateBody {
     first_name: String,
     last_name: String,
@@ -35,6 +36,7 @@ struct CreateBody {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ClientUpdate)]
 struct UpdateBody {
     first_name: Option<String>,
     last_name: Option<String>,

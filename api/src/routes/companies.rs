@@ -26,6 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CompanyCreate)]
 struct CreateBody {
     name: String,
     code: String,
@@ -36,6 +37,7 @@ struct CreateBody {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CompanyUpdate)]
 struct UpdateBody {
     name: Option<String>,
     code: Option<String>,

@@ -45,6 +45,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = GenerateRequest)]
 struct GenerateBody {
     document_type: String,
     template_id: Option<Uuid>,

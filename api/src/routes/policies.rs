@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = PolicyCreate)]
 struct CreateBody {
     policy_number: String,
     client_id: Uuid,
@@ -42,6 +43,7 @@ struct CreateBody {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = PolicyUpdate)]
 struct UpdateBody {
     policy_number: Option<String>,
     client_id: Option<Uuid>,
@@ -119,6 +121,7 @@ fn write_error(err: DbError) -> ApiError {
     security(("bearer" = [])),
     request_body = CreateBody,
     responses(
+        (status = 404, description = "The client or company named does not exist (or the client is not the caller's).", body = ErrorBody),
         (status = 201, description = "The new policy.", body = Policy),
         (status = 409, description = "`policy_exists`: the number is taken.", body = ErrorBody),
     )
@@ -195,6 +198,7 @@ async fn read(
     params(("id" = Uuid, Path, description = "The policy id.")),
     request_body = UpdateBody,
     responses(
+        (status = 404, description = "The client or company named does not exist (or the client is not the caller's).", body = ErrorBody),
         (status = 200, description = "The changed policy (absent fields stay as they are).", body = Policy),
         (status = 409, description = "`policy_exists`: the number is taken.", body = ErrorBody),
     )

@@ -31,16 +31,25 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = TemplateCreate)]
 struct CreateBody {
     name: String,
+    /// What the template is for (`attestation`, `quote`…); default `document`.
     #[serde(rename = "type", default = "default_type")]
+    #[schema(required = false, default = "document")]
     template_type: String,
+    /// Default `html`.
     #[serde(default = "default_format")]
+    #[schema(required = false, default = "html")]
     format: OutputFormat,
+    /// Default `global`.
     #[serde(default = "default_scope")]
+    #[schema(required = false, default = "global")]
     scope: String,
     #[serde(default = "default_true")]
+    #[schema(required = false, default = true)]
     is_active: bool,
+    /// Version 1's content, when given.
     content: Option<String>,
     /// PDF layout: `page_size`, `orientation`, `margin_top`… (see the README).
     #[serde(default)]
@@ -62,6 +71,7 @@ fn default_true() -> bool {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = TemplatePatch)]
 struct PatchBody {
     name: Option<String>,
     #[serde(rename = "type")]
@@ -74,6 +84,7 @@ struct PatchBody {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = TemplateVersionCreate)]
 struct VersionBody {
     content: String,
 }
@@ -89,6 +100,7 @@ struct ListQuery {
 
 /// A template with its versions in ascending order.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TemplateWithVersions)]
 struct TemplateOut {
     #[serde(flatten)]
     template: Template,
@@ -503,6 +515,7 @@ fn sample_context() -> serde_json::Value {
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
+#[schema(as = TemplatePreview)]
 struct PreviewBody {
     inline_context: Option<serde_json::Value>,
     policy_id: Option<Uuid>,

@@ -51,13 +51,16 @@ async fn list(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UserCreate)]
 struct CreateBody {
     email: String,
     password: String,
     full_name: Option<String>,
     #[serde(default = "default_role")]
+    #[schema(required = false)]
     role: Role,
     #[serde(default = "default_active")]
+    #[schema(required = false)]
     is_active: bool,
 }
 
@@ -140,6 +143,7 @@ async fn read(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UserUpdate)]
 struct UpdateBody {
     /// Absent: unchanged; `null` or blank: cleared.
     #[serde(default, deserialize_with = "present")]

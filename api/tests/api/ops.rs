@@ -229,3 +229,136 @@ async fn the_worker_serves_its_own_health_and_metrics() {
     }
     app.stop().await;
 }
+
+on_both_backends!(
+    openapi_describes_the_routes,
+    docs_are_served_from_the_binary
+);
+
+/// The description is OpenAPI 3.1, names every operation once, describes the routes that
+/// exist (and only those: an operation the router lacks would answer the fallback's 404)
+/// and the shared error shape.
+async fn openapi_describes_the_routes(app: &TestApp) {
+    let res = app.get("/api/v1/openapi.json", None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let spec: Value = res.json().await.unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    let paths = spec["paths"].as_object().unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut operations = 0;
+    for (path, item) in paths {
+        assert!(
+            path.starts_with("/api/v1/") || path.starts_with("/health") || path == "/metrics",
+            "{path} is not a full path"
+        );
+        for (method, operation) in item.as_object().unwrap() {
+            operations += 1;
+            let id = operation["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "operationId {id} used twice");
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(
+                responses.keys().any(|s| s.starts_with('2')),
+                "{method} {path} has no success answer"
+            );
+            if operation
+                .get("security")
+                .is_some_and(|s| s != &json!([{}, {"bearer": []}]))
+            {
+                assert!(responses.contains_key("401"), "{method} {path} lacks 401");
+            }
+            // The route exists: an unauthenticated call is answered by the route (401, or
+            // its own answer), never by the fallback's "Not found." for an unknown route.
+            let url = app.url(
+                &path
+                    .replace("{id}", &uuid::Uuid::nil().to_string())
+                    .replace("{version}", "1"),
+            );
+            let res = app
+                .client
+                .request(method.to_uppercase().parse().unwrap(), url)
+                .send()
+                .await
+                .unwrap();
+            if res.status() == StatusCode::NOT_FOUND {
+                let body: Value = res.json().await.unwrap();
+                assert_ne!(
+                    body["detail"], "Not found.",
+                    "{method} {path} is not routed"
+                );
+            }
+        }
+    }
+    assert!(operations >= 49, "only {operations} operations described");
+    for (path, method) in [
+        ("/api/v1/templates/{id}/upload", "post"),
+        ("/api/v1/documents/generate", "post"),
+        ("/api/v1/audit-logs/export", "get"),
+        ("/api/v1/auth/login", "post"),
+    ] {
+        assert!(paths[path].get(method).is_some(), "{method} {path} missing");
+    }
+    let error = &spec["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error["required"], json!(["detail", "code"]));
+    assert!(spec["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// `/docs` is Swagger UI from the binary: every asset the page loads is served here, and
+/// nothing points to another host (it works offline).
+async fn docs_are_served_from_the_binary(app: &TestApp) {
+    let page = app.get("/docs", None).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|part| part.starts_with("/docs/"))
+        .collect();
+    assert!(assets.len() >= 3, "{html}");
+    for asset in assets {
+        let res = app.get(asset, None).await;
+        assert_eq!(res.status(), StatusCode::OK, "{asset}");
+        let body = res.text().await.unwrap_or_default();
+        if asset.ends_with("initializer.js") {
+            assert!(body.contains("/api/v1/openapi.json"));
+            assert!(
+                !body.contains("http://") && !body.contains("https://"),
+                "{body}"
+            );
+        }
+    }
+    assert!(!html.contains("http://") && !html.contains("https://"));
+}
+
+on_both_backends!(text_the_database_cannot_store_is_a_client_error);
+
+/// Postgres cannot store a NUL character (SQLite can): either way it is never a 500.
+async fn text_the_database_cannot_store_is_a_client_error(app: &TestApp) {
+    let admin = app.admin().await.access_token;
+    let res = app
+        .post_json(
+            "/api/v1/clients",
+            Some(&admin),
+            &json!({"first_name": "Ja\u{0}ne", "last_name": "Doe"}),
+        )
+        .await;
+    match app.backend {
+        Backend::Sqlite => assert_eq!(res.status(), StatusCode::CREATED),
+        Backend::PostgresRedis => {
+            assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(error_code(res).await, "unstorable_text");
+        }
+    }
+    let res = app
+        .post_json(
+            "/api/v1/templates",
+            Some(&admin),
+            &json!({"name": "T", "content": "<p/>", "options": {"x": "\u{0}"}}),
+        )
+        .await;
+    assert_ne!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
