@@ -28,20 +28,28 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = ClientCreate)]
 struct CreateBody {
+    #[schema(min_length = 1, max_length = 100)]
     first_name: String,
+    #[schema(min_length = 1, max_length = 100)]
     last_name: String,
     email: Option<String>,
+    #[schema(min_length = 1, max_length = 50)]
     phone: Option<String>,
+    #[schema(min_length = 1, max_length = 1000)]
     address: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = ClientUpdate)]
 struct UpdateBody {
+    #[schema(min_length = 1, max_length = 100)]
     first_name: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
     last_name: Option<String>,
     email: Option<String>,
+    #[schema(min_length = 1, max_length = 50)]
     phone: Option<String>,
+    #[schema(min_length = 1, max_length = 1000)]
     address: Option<String>,
 }
 

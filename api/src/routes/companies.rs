@@ -28,21 +28,29 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = CompanyCreate)]
 struct CreateBody {
+    #[schema(min_length = 1, max_length = 255)]
     name: String,
+    #[schema(min_length = 1, max_length = 50)]
     code: String,
     #[serde(default)]
     api_mode: bool,
+    #[schema(min_length = 1, max_length = 500)]
     api_endpoint: Option<String>,
+    #[schema(min_length = 1, max_length = 255)]
     api_key: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = CompanyUpdate)]
 struct UpdateBody {
+    #[schema(min_length = 1, max_length = 255)]
     name: Option<String>,
+    #[schema(min_length = 1, max_length = 50)]
     code: Option<String>,
     api_mode: Option<bool>,
+    #[schema(min_length = 1, max_length = 500)]
     api_endpoint: Option<String>,
+    #[schema(min_length = 1, max_length = 255)]
     api_key: Option<String>,
 }
 

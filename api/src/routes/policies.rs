@@ -31,28 +31,38 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = PolicyCreate)]
 struct CreateBody {
+    #[schema(min_length = 1, max_length = 100)]
     policy_number: String,
     client_id: Uuid,
     company_id: Option<Uuid>,
+    #[schema(min_length = 1, max_length = 255)]
     product_name: String,
+    #[schema(minimum = 0)]
     premium_amount: i64,
     effective_date: DateTime<Utc>,
     expiry_date: DateTime<Utc>,
     status: Option<PolicyStatus>,
+    /// ISO 4217, three capitals; `XAF` when absent.
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = PolicyUpdate)]
 struct UpdateBody {
+    #[schema(min_length = 1, max_length = 100)]
     policy_number: Option<String>,
     client_id: Option<Uuid>,
     company_id: Option<Uuid>,
+    #[schema(min_length = 1, max_length = 255)]
     product_name: Option<String>,
+    #[schema(minimum = 0)]
     premium_amount: Option<i64>,
     effective_date: Option<DateTime<Utc>>,
     expiry_date: Option<DateTime<Utc>>,
     status: Option<PolicyStatus>,
+    /// ISO 4217, three capitals; `XAF` when absent.
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
 }
 

@@ -118,13 +118,9 @@ fn check_content(format: OutputFormat, content: &str) -> ApiResult<()> {
 }
 
 /// Refuses page-layout options the PDF engine would not accept (HTML templates may be
-/// rendered to PDF too).
-fn check_options(format: OutputFormat, options: &TemplateOptions) -> ApiResult<()> {
-    if format == OutputFormat::Xlsx {
-        return Ok(());
-    }
-    worker::render::pdf::PdfOptions::from_template_options(options)
-        .map(|_| ())
+/// rendered to PDF too) or does not know, and returns them as they are stored.
+fn check_options(options: &TemplateOptions) -> ApiResult<TemplateOptions> {
+    worker::render::pdf::canonical_options(options)
         .map_err(|e| ApiError::invalid("options", e.to_string()))
 }
 
@@ -160,7 +156,7 @@ async fn create(
     if let Some(content) = &body.content {
         check_content(body.format, content)?;
     }
-    check_options(body.format, &body.options)?;
+    let options = check_options(&body.options)?;
     let (template, version) = state
         .db
         .templates()
@@ -171,7 +167,7 @@ async fn create(
                 format: body.format,
                 scope: body.scope.trim(),
                 is_active: body.is_active,
-                options: body.options,
+                options,
                 created_by: user.id(),
             },
             body.content.as_deref(),
@@ -252,20 +248,14 @@ async fn update(
     if let Some(scope) = &body.scope {
         check_text("scope", scope, 20)?;
     }
-    if let Some(options) = &body.options {
-        let format = match body.format {
-            Some(format) => format,
-            None => find(&state, id).await?.format,
-        };
-        check_options(format, options)?;
-    }
+    let options = body.options.as_ref().map(check_options).transpose()?;
     let patch = TemplatePatch {
         name: body.name.map(|s| s.trim().to_owned()),
         template_type: body.template_type.map(|s| s.trim().to_owned()),
         format: body.format,
         scope: body.scope.map(|s| s.trim().to_owned()),
         is_active: body.is_active,
-        options: body.options,
+        options,
     };
     let template = state
         .db

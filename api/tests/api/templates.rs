@@ -463,3 +463,57 @@ async fn uploads_add_checked_versions(app: &TestApp) {
     assert_eq!(uploads[0]["audit_metadata"]["filename"], "quote.html");
     assert_eq!(uploads[0]["object_type"], "template_version");
 }
+
+on_both_backends!(template_options_are_checked_and_stored_as_used);
+
+/// `options` may only name the layout options; margins are stored as they will be used,
+/// so what the database keeps reads back (a number like 1e-300 once broke Postgres reads).
+async fn template_options_are_checked_and_stored_as_used(app: &TestApp) {
+    let admin = app.admin().await.access_token;
+    let res = app
+        .post_json(
+            "/api/v1/templates",
+            Some(&admin),
+            &json!({"name": "Typo", "options": {"pageSize": "A4"}}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "options");
+    assert!(
+        body["detail"].as_str().unwrap().contains("pageSize"),
+        "{body}"
+    );
+
+    let res = app
+        .post_json(
+            "/api/v1/templates",
+            Some(&admin),
+            &json!({"name": "Tiny", "options": {"margin_top": 1e-300, "page_size": "A5", "orientation": null}}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let created: Value = res.json().await.unwrap();
+    assert_eq!(
+        created["options"],
+        json!({"margin_top": 0.0, "page_size": "A5"})
+    );
+    let id = created["id"].as_str().unwrap();
+
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/v1/templates/{id}")))
+        .bearer_auth(&admin)
+        .json(&json!({"options": {"margin_mm": 12.3456}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let read: Value = app
+        .get(&format!("/api/v1/templates/{id}"), Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["options"], json!({"margin_mm": 12.35}));
+}

@@ -208,6 +208,42 @@ impl PdfOptions {
     }
 }
 
+/// Every name a template's `options` may use.
+pub const OPTION_NAMES: [&str; 7] = [
+    "page_size",
+    "orientation",
+    "margin_mm",
+    "margin_top",
+    "margin_right",
+    "margin_bottom",
+    "margin_left",
+];
+
+/// Checks a template's `options` and returns them as they should be stored: known names
+/// only (an unknown one is refused, so a typo does not pass unnoticed), nulls dropped,
+/// margins rounded as they will be used (a margin of 1e-300 mm is stored as 0).
+pub fn canonical_options(options: &Map<String, Value>) -> Result<Map<String, Value>, RenderError> {
+    if let Some(unknown) = options.keys().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
+        return Err(invalid(
+            unknown,
+            format!("is not an option (they are {})", OPTION_NAMES.join(", ")),
+        ));
+    }
+    PdfOptions::from_template_options(options)?;
+    options
+        .iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(name, value)| {
+            let value = if name.starts_with("margin") {
+                Value::from(margin(name, value)?)
+            } else {
+                value.clone()
+            };
+            Ok((name.clone(), value))
+        })
+        .collect()
+}
+
 fn option<'a>(options: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     options.get(name).filter(|value| !value.is_null())
 }
