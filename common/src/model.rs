@@ -144,6 +144,31 @@ pub struct Session {
 /// Layout options of a template: page size, orientation and margins for PDF output.
 pub type TemplateOptions = serde_json::Map<String, serde_json::Value>;
 
+/// What [`TemplateOptions`] may hold, for the OpenAPI description (the worker's
+/// `canonical_options` is the check, and a test there keeps the two in step).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct LayoutOptions {
+    /// `A3`, `A4` (default), `A5`, `Letter` or `Legal`.
+    #[schema(pattern = "^(A3|A4|A5|Letter|Legal)$")]
+    page_size: Option<String>,
+    /// `portrait` (default) or `landscape`.
+    #[schema(pattern = "^(portrait|landscape)$")]
+    orientation: Option<String>,
+    /// Every margin at once, in millimetres.
+    #[schema(minimum = 0, maximum = 100)]
+    margin_mm: Option<f64>,
+    #[schema(minimum = 0, maximum = 100)]
+    margin_top: Option<f64>,
+    #[schema(minimum = 0, maximum = 100)]
+    margin_right: Option<f64>,
+    #[schema(minimum = 0, maximum = 100)]
+    margin_bottom: Option<f64>,
+    #[schema(minimum = 0, maximum = 100)]
+    margin_left: Option<f64>,
+}
+
 /// A document template; its content lives in numbered versions.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct Template {
@@ -155,7 +180,7 @@ pub struct Template {
     pub format: OutputFormat,
     pub scope: String,
     pub is_active: bool,
-    #[schema(value_type = Object)]
+    #[schema(value_type = LayoutOptions)]
     pub options: Json<TemplateOptions>,
     pub created_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,

@@ -51,9 +51,9 @@ struct CreateBody {
     is_active: bool,
     /// Version 1's content, when given.
     content: Option<String>,
-    /// PDF layout: `page_size`, `orientation`, `margin_top`… (see the README).
+    /// The PDF layout.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = common::model::LayoutOptions)]
     options: TemplateOptions,
 }
 
@@ -79,7 +79,7 @@ struct PatchBody {
     format: Option<OutputFormat>,
     scope: Option<String>,
     is_active: Option<bool>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<common::model::LayoutOptions>)]
     options: Option<TemplateOptions>,
 }
 

@@ -748,6 +748,27 @@ impl StderrLines {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_openapi_description_names_every_option() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(common::model::LayoutOptions::schema()).unwrap();
+        let mut described: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        described.sort_unstable();
+        let mut known = super::OPTION_NAMES.to_vec();
+        known.sort_unstable();
+        assert_eq!(described, known);
+        assert_eq!(
+            super::MAX_MARGIN_MM,
+            100.0,
+            "the description says 100 mm at most"
+        );
+    }
+
     use super::*;
     use serde_json::json;
     use std::net::TcpListener;
