@@ -43,16 +43,19 @@ pub fn hash_password_blocking(password: &str) -> anyhow::Result<String> {
 /// Checks a password against a stored hash, off the async runtime. A malformed stored
 /// hash counts as a mismatch.
 pub async fn verify_password(password: String, hash: String) -> anyhow::Result<bool> {
-    Ok(tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await?)
+    Ok(tokio::task::spawn_blocking(move || verify_password_blocking(&password, &hash)).await?)
+}
+
+/// The blocking form of [`verify_password`] (the same parameters: those in the stored
+/// hash), for command-line tools and the argon2 cost baseline of `scripts/bench-api`.
+pub fn verify_password_blocking(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
 }
 
 /// A precomputed hash used to spend the same time on unknown emails as on wrong
