@@ -208,6 +208,8 @@ def run_mode(mode: str, args, run_dir: Path) -> dict:
             {"BENCH_METHOD": "GET", "BENCH_TOKEN": token},
             args,
         )
+        # The bare argon2 cost right before the logins, so both see the same machine.
+        results["argon"], results["argon_cmd"] = argon2_baseline(args)
         results["login1"] = measure(
             deployment, "POST /api/v1/auth/login, one connection", base + "/api/v1/auth/login",
             {"BENCH_BODY_FILE": str(login_body)}, args, connections=1, script=LOGIN_LUA,
@@ -230,12 +232,12 @@ def ratio(value: float, baseline: float) -> str:
     return f"{value / baseline:,.1f}×" if baseline else "—"
 
 
-def build_section(args, argon: dict, argon_cmd: str, runs: list[dict]) -> Section:
+def build_section(args, runs: list[dict]) -> Section:
     section = Section(f"API throughput, latency and memory (wrk, {args.connections} connections, {args.seconds} s)")
     labels = {"embedded": "embedded (SQLite)", "postgres": "Postgres + Redis"}
     for r in runs:
         label = labels[r["mode"]]
-        h, l, g, g1 = r["health"], r["list"], r["login"], r["login1"]
+        h, l, g, g1, argon = r["health"], r["list"], r["login"], r["login1"], r["argon"]
         section.row(
             f"{label}: GET /health",
             fmt_rate(h["per_second"]),
@@ -330,17 +332,30 @@ def build_section(args, argon: dict, argon_cmd: str, runs: list[dict]) -> Sectio
             f"({g['requests']:,} logins in {g['duration_us'] / 1e6:.1f} s, each opening a session row and "
             "writing an audit row)."
         )
+        section.notes.append(
+            f"{label}: processes that are not part of the bench took "
+            + " / ".join(f"{s['cpu']['foreign_pct']:.0f}%" for s in (h, l, g1, g))
+            + " of the machine during the /health, list, login×1 and login runs"
+            + (" (**the figures of those runs are lower than a quiet machine gives**)."
+               if max(s["cpu"]["foreign_pct"] for s in (h, l, g1, g)) >= 10 else ".")
+        )
         cpu_lines = cpu_table(l["cpu"])
         section.extra += [f"**{label}, GET /api/v1/clients** — " + cpu_lines[0]] + cpu_lines[1:] + [""]
 
+    for r in runs:
+        argon = r["argon"]
+        section.notes.append(
+            f"{labels[r['mode']]}: argon2 baseline, run right before the logins "
+            f"(`examples/argon2_bench` of `common`: the app's own hash and verify functions, "
+            f"parameters `{argon['params']}`): {argon['single_p50_ms']:.2f} ms per verify on one "
+            f"thread (p99 {argon['single_p99_ms']:.2f} ms, {argon['count']} verifies); "
+            f"{argon['parallel_per_second']:.1f}/s with {argon['threads']} threads for "
+            f"{argon['parallel_seconds']:.1f} s."
+        )
     section.notes.append(
-        f"Argon2 baseline (`examples/argon2_bench` of `common`: the app's own hash and verify "
-        f"functions, parameters `{argon['params']}`): {argon['single_p50_ms']:.2f} ms per verify on one "
-        f"thread (p99 {argon['single_p99_ms']:.2f} ms, {argon['count']} verifies); "
-        f"{argon['parallel_per_second']:.1f}/s with {argon['threads']} threads for "
-        f"{argon['parallel_seconds']:.1f} s. \"Per login above argon2\": with one connection, the login's "
-        "p50 latency minus one verify; with all connections, the machine's time per login "
-        "(1 / logins per second) minus its time per verify (1 / verifies per second on every core)."
+        "\"Per login above argon2\": with one connection, the login's p50 latency minus one "
+        "verify's p50; with all connections, the machine's time per login (1 / logins per "
+        "second) minus its time per verify (1 / verifies per second on every core)."
     )
     section.notes.append(
         "Limits: `RATE_LIMIT_ENABLED=false` (the default: the generic per-IP limiter would "
@@ -362,11 +377,13 @@ def build_section(args, argon: dict, argon_cmd: str, runs: list[dict]) -> Sectio
         "Embedded runs `monassurance-api all` (the API and the document worker in one process, as "
         "`scripts/run` does); Postgres + Redis runs `monassurance-api serve` (an API replica alone)."
     )
-    section.commands.append(f"# argon2 baseline\n{argon_cmd}")
     for r in runs:
         label = labels[r["mode"]]
         section.commands.append(f"# {label}: environment\n{r['env']}\n{r['start']}")
-        for key in ("health", "list", "login1", "login"):
+        for key in ("health", "list"):
+            section.commands.append(r[key]["command"])
+        section.commands.append(f"# argon2 baseline\n{r['argon_cmd']}")
+        for key in ("login1", "login"):
             section.commands.append(r[key]["command"])
     return section
 
@@ -415,13 +432,12 @@ def main() -> int:
 
     facts = machine_facts()
     started = time.monotonic()
-    argon, argon_cmd = argon2_baseline(args)
     runs = []
     for mode in modes:
         log(f"=== {mode} ===")
         runs.append(run_mode(mode, args, run_dir))
     took = time.monotonic() - started
-    section = build_section(args, argon, argon_cmd, runs)
+    section = build_section(args, runs)
 
     day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     kind = "quick smoke run" if args.quick else "full run"
