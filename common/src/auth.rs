@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use argon2::Argon2;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::PasswordHasher;
+use argon2::password_hash::phc::{Output, PasswordHash};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
@@ -29,7 +29,21 @@ const ACCESS_TYPE: &str = "access";
 
 /// Hashes a password with argon2id and a random salt, off the async runtime.
 pub async fn hash_password(password: String) -> anyhow::Result<String> {
+    let _permit = argon2_permits().acquire().await?;
     tokio::task::spawn_blocking(move || hash_password_blocking(&password)).await?
+}
+
+/// One argon2 computation per core at a time. Each takes 19 MiB of memory and a core for
+/// ~20 ms: sixteen at once on two cores (a burst of logins) finished no sooner, but
+/// with sixteen times the memory (2.4 GB of RSS measured by `scripts/bench-api`, glibc
+/// keeping each blocking thread's block in its arena). Waiting for a permit on the async
+/// side keeps the blocking pool to as many argon2 computations as cores.
+fn argon2_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
 }
 
 /// The blocking form of [`hash_password`], for command-line tools.
@@ -43,17 +57,61 @@ pub fn hash_password_blocking(password: &str) -> anyhow::Result<String> {
 /// Checks a password against a stored hash, off the async runtime. A malformed stored
 /// hash counts as a mismatch.
 pub async fn verify_password(password: String, hash: String) -> anyhow::Result<bool> {
-    Ok(tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await?)
+    let _permit = argon2_permits().acquire().await?;
+    Ok(tokio::task::spawn_blocking(move || verify_password_blocking(&password, &hash)).await?)
 }
+
+/// The blocking form of [`verify_password`] (the same parameters: those in the stored
+/// hash), for command-line tools and the argon2 cost baseline of `scripts/bench-api`.
+///
+/// It computes what `Argon2::verify_password` computes (the algorithm, version,
+/// parameters and salt of the stored hash; a constant-time comparison of the outputs),
+/// in a memory block taken from [`BLOCKS`] instead of a fresh 19 MiB allocation: the
+/// API's allocator hands such large blocks back to the kernel when they are freed (see
+/// `tune_malloc` in the API's main.rs), so a fresh one would be paid again in page faults
+/// at every login (+13 ms per check on the benchmark machine).
+pub fn verify_password_blocking(password: &str, hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm.as_str()),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let Ok(version) = parsed
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+    else {
+        return false;
+    };
+    let mut blocks = BLOCKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .pop()
+        .unwrap_or_default();
+    blocks.resize(params.block_count(), Block::new());
+    let mut buffer = [0u8; Output::MAX_LENGTH];
+    let out = &mut buffer[..expected.len()];
+    let matches = Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), salt, out, &mut blocks[..])
+        .is_ok()
+        && Output::new(out).is_ok_and(|computed| &computed == expected);
+    BLOCKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(blocks);
+    matches
+}
+
+/// argon2 memory blocks kept between password checks: one per check that ran at once,
+/// so at most one per core (the permits of [`argon2_permits`]), 19 MiB each with the
+/// default parameters; a single login at a time keeps a single one.
+static BLOCKS: std::sync::Mutex<Vec<Vec<Block>>> = std::sync::Mutex::new(Vec::new());
 
 /// A precomputed hash used to spend the same time on unknown emails as on wrong
 /// passwords, so login timing does not reveal which emails exist.
@@ -245,6 +303,36 @@ mod tests {
         );
         assert!(!verify_password("wrong horse".into(), hash).await.unwrap());
         assert!(!verify_password("x".into(), "garbage".into()).await.unwrap());
+    }
+
+    #[test]
+    fn pooled_verifier_agrees_with_the_library_on_other_parameters() {
+        use argon2::password_hash::PasswordVerifier;
+        // A hash the app did not make: argon2i, version 0x10, small memory, 16-byte output.
+        let params = Params::new(1024, 1, 1, Some(16)).unwrap();
+        let argon = Argon2::new(Algorithm::Argon2i, Version::V0x10, params);
+        let hash = argon.hash_password(b"s3cret").unwrap().to_string();
+        for (password, expected) in [("s3cret", true), ("s3cret ", false), ("", false)] {
+            let parsed = PasswordHash::new(&hash).unwrap();
+            let library = Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok();
+            assert_eq!(library, expected, "{password:?}");
+            assert_eq!(
+                verify_password_blocking(password, &hash),
+                expected,
+                "{password:?}"
+            );
+        }
+        // And the app's own hashes, one after another on the kept memory.
+        let ours = hash_password_blocking("correct horse").unwrap();
+        assert!(verify_password_blocking("correct horse", &ours));
+        assert!(!verify_password_blocking("correct horsf", &ours));
+        assert!(verify_password_blocking("s3cret", &hash));
+        assert!(!verify_password_blocking(
+            "s3cret",
+            "$argon2id$v=19$m=19456,t=2,p=1$bm9zYWx0$"
+        ));
     }
 
     #[test]

@@ -1,4 +1,4 @@
--- wrk script for scripts/bench-pipeline.
+-- wrk script for scripts/bench-pipeline and scripts/bench-api.
 --
 --   BENCH_METHOD     GET (default) or POST
 --   BENCH_TOKEN      a bearer token (optional)

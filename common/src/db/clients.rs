@@ -4,6 +4,7 @@
 //! (agents), `None` reaches all of them (managers and admins). Filtering in SQL rather than
 //! after the fetch keeps another agent's client indistinguishable from a missing one.
 
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::{Db, DbResult, Page, SqlxResultExt, on_db};
@@ -83,6 +84,10 @@ impl Clients<'_> {
 
     /// Clients of `owner` (all with `None`), newest first, those matching `q` (a
     /// case-insensitive substring of a name, the email or the phone) when given.
+    ///
+    /// One query: the total comes with every row as `COUNT(*) OVER ()`, computed over the
+    /// whole filtered set before `LIMIT`. Only a page with no rows (nothing matches, or an
+    /// offset past the end) needs a second query for the total.
     pub async fn list(
         &self,
         owner: Option<Uuid>,
@@ -92,9 +97,9 @@ impl Clients<'_> {
     ) -> DbResult<Page<Client>> {
         let pattern = q.map(contains_pattern);
         on_db!(self.0, pool => {
-            let items = sqlx::query_as::<_, Client>(concat!(
-                "SELECT ", client_columns!(), " FROM clients WHERE ", client_filter!(),
-                " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+            let rows = sqlx::query(concat!(
+                "SELECT ", client_columns!(), ", COUNT(*) OVER () AS total_count FROM clients WHERE ",
+                client_filter!(), " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
             ))
             .bind(owner)
             .bind(pattern.as_deref())
@@ -103,12 +108,17 @@ impl Clients<'_> {
             .fetch_all(pool)
             .await
             .db()?;
-            let total: i64 = sqlx::query_scalar(concat!("SELECT COUNT(*) FROM clients WHERE ", client_filter!()))
-                .bind(owner)
-                .bind(pattern.as_deref())
-                .fetch_one(pool)
-                .await
-                .db()?;
+            let total: i64 = match rows.first() {
+                Some(row) => row.try_get("total_count").db()?,
+                None if offset == 0 && limit > 0 => 0,
+                None => sqlx::query_scalar(concat!("SELECT COUNT(*) FROM clients WHERE ", client_filter!()))
+                    .bind(owner)
+                    .bind(pattern.as_deref())
+                    .fetch_one(pool)
+                    .await
+                    .db()?,
+            };
+            let items = rows.iter().map(Client::from_row).collect::<Result<Vec<_>, _>>().db()?;
             Ok(Page { items, total, limit, offset })
         })
     }

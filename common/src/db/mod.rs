@@ -113,6 +113,11 @@ impl Db {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
+                // Each connection runs on its own thread and hands rows to the caller
+                // through a bounded channel (50 by default): a page of 100 or 200 rows
+                // stalled the thread halfway, costing a round of wake-ups and context
+                // switches. Room for the largest page lets it run through.
+                .row_buffer_size(256)
                 .log_slow_statements(log::LevelFilter::Warn, slow);
             if let Some(parent) = options.get_filename().parent() {
                 std::fs::create_dir_all(parent).with_context(|| {
