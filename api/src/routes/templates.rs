@@ -354,7 +354,13 @@ async fn upload(
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name() {
             Some("file") => {
-                let filename = field.file_name().map(str::to_owned);
+                // Kept in the audit log: printable and bounded.
+                let filename = field.file_name().map(|name| {
+                    name.chars()
+                        .filter(|c| !c.is_control())
+                        .take(255)
+                        .collect::<String>()
+                });
                 file = Some((filename, field.bytes().await.map_err(multipart_error)?));
             }
             Some("checksum") => checksum = Some(field.text().await.map_err(multipart_error)?),
@@ -363,8 +369,7 @@ async fn upload(
     }
     let (filename, bytes) =
         file.ok_or_else(|| ApiError::invalid("file", "a `file` part is required"))?;
-    let content = std::str::from_utf8(&bytes)
-        .map_err(|_| ApiError::invalid("file", "the file must be UTF-8 text"))?;
+    // The checksum first: a file damaged on the way is reported as such.
     if let Some(expected) = checksum {
         let actual = hex::encode(sha2::Sha256::digest(&bytes));
         if !expected.trim().eq_ignore_ascii_case(&actual) {
@@ -375,6 +380,8 @@ async fn upload(
             ));
         }
     }
+    let content = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::invalid("file", "the file must be UTF-8 text"))?;
     check_content(template.format, content)?;
     let version = state
         .db

@@ -353,12 +353,19 @@ async fn text_the_database_cannot_store_is_a_client_error(app: &TestApp) {
             assert_eq!(error_code(res).await, "unstorable_text");
         }
     }
+    // In a JSON column (a document's inline context): jsonb refuses `\u0000` too.
     let res = app
         .post_json(
-            "/api/v1/templates",
+            "/api/v1/documents/generate",
             Some(&admin),
-            &json!({"name": "T", "content": "<p/>", "options": {"x": "\u{0}"}}),
+            &json!({"document_type": "note", "inline_context": {"x": "a\u{0}b"}}),
         )
         .await;
-    assert_ne!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    match app.backend {
+        Backend::Sqlite => assert_eq!(res.status(), StatusCode::ACCEPTED),
+        Backend::PostgresRedis => {
+            assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(error_code(res).await, "unstorable_text");
+        }
+    }
 }

@@ -368,6 +368,24 @@ async fn uploads_add_checked_versions(app: &TestApp) {
     assert_eq!(res.status(), StatusCode::CREATED);
     assert_eq!(res.json::<Value>().await.unwrap()["version"], 3);
 
+    // A control character in a part's header is malformed multipart (400); a long name is
+    // cut to 255 characters in the audit log.
+    let res = upload(Form::new().part(
+        "file",
+        Part::text(content.to_owned()).file_name("odd\u{0}name.html"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = upload(Form::new().part(
+        "file",
+        Part::text(content.to_owned()).file_name(format!("{}.html", "n".repeat(300))),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.json::<Value>().await.unwrap()["version"], 4);
+
     let res = upload(
         Form::new()
             .part("file", file("<p>tampered</p>"))
@@ -415,7 +433,7 @@ async fn uploads_add_checked_versions(app: &TestApp) {
     assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     error_code(res).await;
 
-    assert_eq!(versions().await, 3, "refused uploads added a version");
+    assert_eq!(versions().await, 4, "refused uploads added a version");
 
     let unknown = app
         .client
@@ -459,8 +477,13 @@ async fn uploads_add_checked_versions(app: &TestApp) {
         .iter()
         .filter(|e| e["audit_metadata"]["source"] == "upload")
         .collect();
-    assert_eq!(uploads.len(), 2, "{audit}");
-    assert_eq!(uploads[0]["audit_metadata"]["filename"], "quote.html");
+    assert_eq!(uploads.len(), 3, "{audit}");
+    let names: Vec<&str> = uploads
+        .iter()
+        .map(|e| e["audit_metadata"]["filename"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"n".repeat(255).as_str()), "{names:?}");
+    assert!(names.contains(&"quote.html"), "{names:?}");
     assert_eq!(uploads[0]["object_type"], "template_version");
 }
 
@@ -489,14 +512,14 @@ async fn template_options_are_checked_and_stored_as_used(app: &TestApp) {
         .post_json(
             "/api/v1/templates",
             Some(&admin),
-            &json!({"name": "Tiny", "options": {"margin_top": 1e-300, "page_size": "A5", "orientation": null}}),
+            &json!({"name": "Tiny", "options": {"margin_top": 1e-300, "page_size": " a5", "orientation": "Landscape", "margin_mm": null}}),
         )
         .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let created: Value = res.json().await.unwrap();
     assert_eq!(
         created["options"],
-        json!({"margin_top": 0.0, "page_size": "A5"})
+        json!({"margin_top": 0.0, "page_size": "A5", "orientation": "landscape"})
     );
     let id = created["id"].as_str().unwrap();
 

@@ -221,7 +221,8 @@ pub const OPTION_NAMES: [&str; 7] = [
 
 /// Checks a template's `options` and returns them as they should be stored: known names
 /// only (an unknown one is refused, so a typo does not pass unnoticed), nulls dropped,
-/// margins rounded as they will be used (a margin of 1e-300 mm is stored as 0).
+/// the page size and orientation spelled as documented (`a4 ` is stored `A4`), margins
+/// rounded as they will be used (a margin of 1e-300 mm is stored as 0).
 pub fn canonical_options(options: &Map<String, Value>) -> Result<Map<String, Value>, RenderError> {
     if let Some(unknown) = options.keys().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
         return Err(invalid(
@@ -229,15 +230,18 @@ pub fn canonical_options(options: &Map<String, Value>) -> Result<Map<String, Val
             format!("is not an option (they are {})", OPTION_NAMES.join(", ")),
         ));
     }
-    PdfOptions::from_template_options(options)?;
+    let parsed = PdfOptions::from_template_options(options)?;
     options
         .iter()
         .filter(|(_, value)| !value.is_null())
         .map(|(name, value)| {
-            let value = if name.starts_with("margin") {
-                Value::from(margin(name, value)?)
-            } else {
-                value.clone()
+            let value = match name.as_str() {
+                "page_size" => Value::from(parsed.page_size.name()),
+                "orientation" => Value::from(match parsed.orientation {
+                    Orientation::Portrait => "portrait",
+                    Orientation::Landscape => "landscape",
+                }),
+                _ => Value::from(margin(name, value)?),
             };
             Ok((name.clone(), value))
         })
