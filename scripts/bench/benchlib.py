@@ -161,10 +161,17 @@ def fresh_database() -> str:
     return f"{prefix}/{name}"
 
 
-def http(method: str, url: str, token: str | None = None, body=None, timeout: float = 60.0):
+def http(
+    method: str,
+    url: str,
+    token: str | None = None,
+    body=None,
+    timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
+):
     """(status, parsed JSON or raw bytes)."""
     data = None
-    headers = {}
+    headers = dict(headers or {})
     if body is not None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers["Content-Type"] = "application/json"

@@ -26,14 +26,15 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from benchlib import free_port, http  # noqa: E402  (the bench scripts' HTTP helpers)
 
 ADMIN_EMAIL = "fuzz-admin@example.com"
 ADMIN_PASSWORD = "fuzz-admin-password"
@@ -52,31 +53,8 @@ def log(message: str) -> None:
     print(f"[schemathesis] {message}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(base: str, method: str, path: str, token: str | None = None, body=None, headers=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode(errors="replace")
-
-
 def login(base: str) -> str:
-    status, tokens = call(
-        base, "POST", "/api/v1/auth/login", body={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    status, tokens = http("POST", base + "/api/v1/auth/login", body={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
     )
     assert status == 200, f"admin login: {status} {tokens}"
     return tokens["access_token"]
@@ -91,10 +69,7 @@ def seed(base: str) -> str:
         return body
 
     template = ok(
-        *call(
-            base,
-            "POST",
-            "/api/v1/templates",
+        *http("POST", base + "/api/v1/templates",
             token,
             {
                 "name": "Attestation",
@@ -106,24 +81,18 @@ def seed(base: str) -> str:
         "a template",
     )
     company = ok(
-        *call(base, "POST", "/api/v1/companies", token, {"name": "Insurer", "code": "INS"}),
+        *http("POST", base + "/api/v1/companies", token, {"name": "Insurer", "code": "INS"}),
         "a company",
     )
     client = ok(
-        *call(
-            base,
-            "POST",
-            "/api/v1/clients",
+        *http("POST", base + "/api/v1/clients",
             token,
             {"first_name": "Jane", "last_name": "Doe", "email": "jane@example.com"},
         ),
         "a client",
     )
     policy = ok(
-        *call(
-            base,
-            "POST",
-            "/api/v1/policies",
+        *http("POST", base + "/api/v1/policies",
             token,
             {
                 "policy_number": "POL-1",
@@ -138,10 +107,7 @@ def seed(base: str) -> str:
         "a policy",
     )
     document = ok(
-        *call(
-            base,
-            "POST",
-            "/api/v1/documents/generate",
+        *http("POST", base + "/api/v1/documents/generate",
             token,
             {"document_type": "attestation", "template_id": template["id"], "policy_id": policy["id"]},
             headers={"Prefer": "wait=20"},

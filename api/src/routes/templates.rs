@@ -307,18 +307,49 @@ async fn add_version(
 ) -> ApiResult<impl IntoResponse> {
     user.require(Role::Manager)?;
     let template = find(&state, id).await?;
-    check_content(template.format, &body.content)?;
+    let version = store_version(&state, &meta, &user, &template, &body.content, "db", None).await?;
+    Ok((StatusCode::CREATED, Json(version)))
+}
+
+/// Checks `content` against the template's format, stores it as the next version and
+/// records `template_version_created` (with `metadata` and the version number, when
+/// metadata is given).
+async fn store_version(
+    state: &AppState,
+    meta: &RequestMeta,
+    user: &AuthUser,
+    template: &Template,
+    content: &str,
+    source: &str,
+    mut metadata: Option<serde_json::Value>,
+) -> ApiResult<TemplateVersion> {
+    check_content(template.format, content)?;
     let version = state
         .db
         .templates()
-        .add_version(id, &body.content, "db", user.id())
+        .add_version(template.id, content, source, user.id())
         .await
         .map_err(|e| match e {
             DbError::ForeignKey(_) => ApiError::not_found("Template not found."),
             other => other.into(),
         })?;
-    audit(&state, &meta, &user, "template_version_created", version.id).await;
-    Ok((StatusCode::CREATED, Json(version)))
+    if let Some(serde_json::Value::Object(fields)) = &mut metadata {
+        fields.insert("version".to_owned(), version.version.into());
+    }
+    crate::routes::record(
+        state,
+        meta,
+        AuditEvent {
+            user_id: Some(user.id()),
+            action: "template_version_created",
+            object_type: Some("template_version"),
+            object_id: Some(version.id.to_string()),
+            metadata,
+            ..Default::default()
+        },
+    )
+    .await;
+    Ok(version)
 }
 
 /// Adds a version from a multipart upload: the `file` part is the content (UTF-8), and an
@@ -382,33 +413,17 @@ async fn upload(
     }
     let content = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::invalid("file", "the file must be UTF-8 text"))?;
-    check_content(template.format, content)?;
-    let version = state
-        .db
-        .templates()
-        .add_version(id, content, "upload", user.id())
-        .await
-        .map_err(|e| match e {
-            DbError::ForeignKey(_) => ApiError::not_found("Template not found."),
-            other => other.into(),
-        })?;
-    crate::routes::record(
+    let metadata = serde_json::json!({"source": "upload", "filename": filename});
+    let version = store_version(
         &state,
         &meta,
-        AuditEvent {
-            user_id: Some(user.id()),
-            action: "template_version_created",
-            object_type: Some("template_version"),
-            object_id: Some(version.id.to_string()),
-            metadata: Some(serde_json::json!({
-                "source": "upload",
-                "filename": filename,
-                "version": version.version,
-            })),
-            ..Default::default()
-        },
+        &user,
+        &template,
+        content,
+        "upload",
+        Some(metadata),
     )
-    .await;
+    .await?;
     Ok((StatusCode::CREATED, Json(version)))
 }
 

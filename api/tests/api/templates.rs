@@ -484,6 +484,12 @@ async fn uploads_add_checked_versions(app: &TestApp) {
         .collect();
     assert!(names.contains(&"n".repeat(255).as_str()), "{names:?}");
     assert!(names.contains(&"quote.html"), "{names:?}");
+    assert!(
+        uploads
+            .iter()
+            .all(|e| e["audit_metadata"]["version"].is_i64()),
+        "{audit}"
+    );
     assert_eq!(uploads[0]["object_type"], "template_version");
 }
 
