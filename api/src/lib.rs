@@ -115,6 +115,7 @@ impl Application {
     pub async fn build(settings: Settings, embedded_worker: bool) -> anyhow::Result<Application> {
         let db = Db::connect(&settings).await?;
         db.migrate().await?;
+        tokio::spawn(db.clone().watch_session_changes());
         admin::bootstrap(&db, &settings).await?;
         let queue = JobQueue::connect(&settings).await?;
         let storage = Storage::open(&settings)?;

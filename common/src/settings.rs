@@ -115,6 +115,9 @@ pub struct Settings {
     pub enable_metrics: bool,
     /// `SLOW_QUERY_MS`: statements slower than this are logged at WARN.
     pub slow_query_ms: u64,
+    /// `AUTH_CACHE_SECONDS`: how long the API may trust an open session without asking the
+    /// database again (see `db::session_cache`); 0 asks on every request.
+    pub auth_cache_seconds: u64,
     /// `HTTP_WARN_MS`: requests slower than this are logged at WARN.
     pub http_warn_ms: u64,
     /// `MAX_BODY_BYTES`: the largest request body accepted.
@@ -406,6 +409,7 @@ impl Settings {
             request_id_header: parse("REQUEST_ID_HEADER", "X-Request-ID")?.to_lowercase(),
             enable_metrics: parse_bool(&get, "ENABLE_METRICS", true)?,
             slow_query_ms: parse_value(&get, "SLOW_QUERY_MS", "500")?,
+            auth_cache_seconds: parse_value(&get, "AUTH_CACHE_SECONDS", "30")?,
             http_warn_ms: parse_value(&get, "HTTP_WARN_MS", "1000")?,
             max_body_bytes: parse_value(&get, "MAX_BODY_BYTES", "10485760")?,
             bootstrap_admin_email: get("BOOTSTRAP_ADMIN_EMAIL"),

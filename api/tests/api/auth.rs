@@ -180,6 +180,13 @@ async fn refresh_rotates_and_detects_reuse(app: &TestApp) {
 async fn logout_and_revoke_all_end_sessions_at_once(app: &TestApp) {
     let phone = app.register_and_login("fay@example.com").await;
     let laptop = app.login("fay@example.com", "password-123").await;
+    // In use before the logout (so the API may have cached its session).
+    assert_eq!(
+        app.get("/api/v1/auth/me", Some(&phone.access_token))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 
     let res = app
         .post_json(

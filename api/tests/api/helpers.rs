@@ -172,10 +172,26 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
+    let app = start(backend, env, dir, s3, worker && backend == Backend::Sqlite).await;
+    if worker && backend == Backend::PostgresRedis {
+        let child = app.start_worker(&[]);
+        app.workers.lock().unwrap().push(child);
+    }
+    app
+}
+
+/// Builds and serves the application configured by `env`.
+async fn start(
+    backend: Backend,
+    env: HashMap<String, String>,
+    dir: tempfile::TempDir,
+    s3: Option<Child>,
+    embedded_worker: bool,
+) -> TestApp {
     let settings = common::Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings");
     common::telemetry::init_tracing(&settings);
 
-    let app = Application::build(settings, worker && backend == Backend::Sqlite)
+    let app = Application::build(settings, embedded_worker)
         .await
         .expect("the application starts");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -185,7 +201,7 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker
         let _ = stopped.await;
     }));
 
-    let app = TestApp {
+    TestApp {
         address,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -199,12 +215,7 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker
         workers: std::sync::Mutex::new(Vec::new()),
         _s3: s3,
         dir,
-    };
-    if worker && backend == Backend::PostgresRedis {
-        let child = app.start_worker(&[]);
-        app.workers.lock().unwrap().push(child);
     }
-    app
 }
 
 /// The `monassurance-worker` binary next to this test binary's directory.
@@ -297,6 +308,24 @@ async fn fresh_postgres_database() -> String {
 }
 
 impl TestApp {
+    /// A second API process on this one's database, queue and object store (another
+    /// replica behind the same load balancer), with `overrides`; no worker. Postgres +
+    /// Redis only: the embedded default is one process.
+    pub async fn spawn_replica(&self, overrides: &[(&str, &str)]) -> TestApp {
+        assert_eq!(
+            self.backend,
+            Backend::PostgresRedis,
+            "replicas share Postgres"
+        );
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut env = self.env.clone();
+        env.insert("DATA_DIR".into(), dir.path().to_str().unwrap().to_owned());
+        for (k, v) in overrides {
+            env.insert(k.to_string(), v.to_string());
+        }
+        start(self.backend, env, dir, None, false).await
+    }
+
     /// Starts a `monassurance-worker` process with the API's configuration plus `extra`,
     /// logging JSON lines that [`TestApp::worker_log`] reads. The caller owns the process
     /// (killed when dropped).

@@ -12,5 +12,6 @@ mod formats;
 mod lifecycle;
 mod limits;
 mod ops;
+mod sessions;
 mod templates;
 mod users;

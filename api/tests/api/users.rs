@@ -271,6 +271,13 @@ async fn deactivation_ends_login_refresh_and_bearer_at_once(app: &TestApp) {
     let user = app.create_user(&admin, "ida@example.com", "agent").await;
     let tokens = app.login("ida@example.com", "password-123").await;
     let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+    // In use before the change (so the API may have cached its session).
+    assert_eq!(
+        app.get("/api/v1/auth/me", Some(&tokens.access_token))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 
     let res = app
         .patch_json(&path, &admin, &json!({"is_active": false}))

@@ -16,12 +16,44 @@ macro_rules! client_columns {
     };
 }
 
-/// `$1`: owner or NULL; `$2`: a lowercase `LIKE` pattern or NULL.
-macro_rules! client_filter {
-    () => {
-        "($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR LOWER(first_name) LIKE $2 ESCAPE '\\' \
-         OR LOWER(last_name) LIKE $2 ESCAPE '\\' OR LOWER(email) LIKE $2 ESCAPE '\\' \
-         OR LOWER(phone) LIKE $2 ESCAPE '\\')"
+/// The search: the lowercase `LIKE` pattern in placeholder `$p` matches a name, the email
+/// or the phone.
+macro_rules! search_filter {
+    ($p:literal) => {
+        concat!(
+            "(LOWER(first_name) LIKE ",
+            $p,
+            " ESCAPE '\\' OR LOWER(last_name) LIKE ",
+            $p,
+            " ESCAPE '\\' OR LOWER(email) LIKE ",
+            $p,
+            " ESCAPE '\\' OR LOWER(phone) LIKE ",
+            $p,
+            " ESCAPE '\\')"
+        )
+    };
+}
+
+/// The page and the count of the list for one combination of filters: `(filter, limit
+/// placeholder, offset placeholder)`. The total comes with every row from a subquery that
+/// runs once per statement.
+macro_rules! list_queries {
+    ($filter:expr, $limit:literal, $offset:literal) => {
+        (
+            concat!(
+                "SELECT ",
+                client_columns!(),
+                ", (SELECT COUNT(*) FROM clients WHERE ",
+                $filter,
+                ") AS total_count FROM clients WHERE ",
+                $filter,
+                " ORDER BY created_at DESC, id DESC LIMIT ",
+                $limit,
+                " OFFSET ",
+                $offset
+            ),
+            concat!("SELECT COUNT(*) FROM clients WHERE ", $filter),
+        )
     };
 }
 
@@ -85,9 +117,12 @@ impl Clients<'_> {
     /// Clients of `owner` (all with `None`), newest first, those matching `q` (a
     /// case-insensitive substring of a name, the email or the phone) when given.
     ///
-    /// One query: the total comes with every row as `COUNT(*) OVER ()`, computed over the
-    /// whole filtered set before `LIMIT`. Only a page with no rows (nothing matches, or an
-    /// offset past the end) needs a second query for the total.
+    /// One query: the total comes with every row. Only a page with no rows (nothing
+    /// matches, or an offset past the end) needs a second query for the total. Each
+    /// combination of filters has its own statement rather than one with
+    /// `($1 IS NULL OR owner_id = $1)`: Postgres cannot use the owner index in a generic
+    /// plan of such a statement, so it planned it anew on every execution, while fixed
+    /// clauses keep one cached plan per connection.
     pub async fn list(
         &self,
         owner: Option<Uuid>,
@@ -96,27 +131,34 @@ impl Clients<'_> {
         offset: i64,
     ) -> DbResult<Page<Client>> {
         let pattern = q.map(contains_pattern);
+        let (page_sql, count_sql) = match (owner, &pattern) {
+            (None, None) => list_queries!("TRUE", "$1", "$2"),
+            (Some(_), None) => list_queries!("owner_id = $1", "$2", "$3"),
+            (None, Some(_)) => list_queries!(search_filter!("$1"), "$2", "$3"),
+            (Some(_), Some(_)) => {
+                list_queries!(
+                    concat!("owner_id = $1 AND ", search_filter!("$2")),
+                    "$3",
+                    "$4"
+                )
+            }
+        };
         on_db!(self.0, pool => {
-            let rows = sqlx::query(concat!(
-                "SELECT ", client_columns!(), ", COUNT(*) OVER () AS total_count FROM clients WHERE ",
-                client_filter!(), " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
-            ))
-            .bind(owner)
-            .bind(pattern.as_deref())
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(pool)
-            .await
-            .db()?;
+            let mut page = sqlx::query(page_sql);
+            let mut count = sqlx::query_scalar(count_sql);
+            if let Some(owner) = owner {
+                page = page.bind(owner);
+                count = count.bind(owner);
+            }
+            if let Some(pattern) = &pattern {
+                page = page.bind(pattern.clone());
+                count = count.bind(pattern.clone());
+            }
+            let rows = page.bind(limit).bind(offset).fetch_all(pool).await.db()?;
             let total: i64 = match rows.first() {
                 Some(row) => row.try_get("total_count").db()?,
                 None if offset == 0 && limit > 0 => 0,
-                None => sqlx::query_scalar(concat!("SELECT COUNT(*) FROM clients WHERE ", client_filter!()))
-                    .bind(owner)
-                    .bind(pattern.as_deref())
-                    .fetch_one(pool)
-                    .await
-                    .db()?,
+                None => count.fetch_one(pool).await.db()?,
             };
             let items = rows.iter().map(Client::from_row).collect::<Result<Vec<_>, _>>().db()?;
             Ok(Page { items, total, limit, offset })

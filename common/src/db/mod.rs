@@ -15,11 +15,13 @@ pub mod clients;
 pub mod companies;
 pub mod documents;
 pub mod policies;
+pub mod session_cache;
 pub mod sessions;
 pub mod templates;
 pub mod users;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -28,10 +30,23 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, PgPool, SqlitePool};
 
 use crate::Settings;
+use session_cache::SessionCache;
+
+/// The channel on which Postgres announces changes to users and sessions (see
+/// [`session_cache`]); the payload is the user's id.
+const SESSION_CHANNEL: &str = "monassurance_auth";
+
+/// The database: a pool on one of the two supported engines, and the cache of open
+/// sessions that the user and session repositories keep in step with it.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: Pool,
+    session_cache: Arc<SessionCache>,
+}
 
 /// A pool on one of the two supported databases.
 #[derive(Clone, Debug)]
-pub enum Db {
+pub enum Pool {
     Postgres(PgPool),
     Sqlite(SqlitePool),
 }
@@ -41,9 +56,9 @@ pub enum Db {
 #[macro_export]
 macro_rules! on_db {
     ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::db::Db::Postgres($pool) => $body,
-            $crate::db::Db::Sqlite($pool) => $body,
+        match $db.pool() {
+            $crate::db::Pool::Postgres($pool) => $body,
+            $crate::db::Pool::Sqlite($pool) => $body,
         }
     };
 }
@@ -129,7 +144,9 @@ impl Db {
                 .connect_with(options)
                 .await
                 .with_context(|| format!("cannot open the SQLite database {url:?}"))?;
-            Ok(Db::Sqlite(pool))
+            // Only this process changes users and sessions through the API; it forgets
+            // what it changes itself, so the cache can start enabled.
+            Ok(Db::new(Pool::Sqlite(pool), settings, true))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)
                 .context("invalid DATABASE_URL")?
@@ -140,21 +157,84 @@ impl Db {
                 .connect_with(options)
                 .await
                 .context("cannot connect to the Postgres database in DATABASE_URL")?;
-            Ok(Db::Postgres(pool))
+            // Other processes change users and sessions too: the cache stays off until
+            // `watch_session_changes` hears them.
+            Ok(Db::new(Pool::Postgres(pool), settings, false))
         } else {
             anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite://")
         }
     }
 
+    fn new(pool: Pool, settings: &Settings, cache_enabled: bool) -> Db {
+        let ttl = Duration::from_secs(settings.auth_cache_seconds);
+        Db {
+            pool,
+            session_cache: Arc::new(SessionCache::new(ttl, cache_enabled)),
+        }
+    }
+
+    /// The pool (see [`on_db!`]).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The cache of open sessions (see [`session_cache`]).
+    pub fn session_cache(&self) -> &SessionCache {
+        &self.session_cache
+    }
+
+    /// On Postgres, listens for changes to users and sessions made by any process and
+    /// drops the cached sessions they affect; the session cache is on only while this
+    /// listener is connected. Runs until the pool closes. Returns at once on SQLite.
+    pub async fn watch_session_changes(self) {
+        let Pool::Postgres(pool) = &self.pool else {
+            return;
+        };
+        let cache = &self.session_cache;
+        let mut retry = Duration::from_millis(100);
+        while !pool.is_closed() {
+            let mut listener = match listen(pool).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for session changes; retrying");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            // Whatever changed before LISTEN took effect is forgotten with the rest.
+            cache.enable();
+            let connected_at = std::time::Instant::now();
+            // Ends when the connection drops (or the pool closes): notifications may be
+            // lost from then on.
+            while let Ok(Some(notification)) = listener.try_recv().await {
+                match notification.payload().parse() {
+                    Ok(user_id) => cache.forget_user(user_id),
+                    Err(_) => cache.clear(),
+                }
+            }
+            cache.disable();
+            if pool.is_closed() {
+                break;
+            }
+            tracing::warn!("lost the session-change listener; reconnecting");
+            if connected_at.elapsed() > Duration::from_secs(10) {
+                retry = Duration::from_millis(100);
+            }
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// Applies every pending migration of this database's kind.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        match self {
-            Db::Postgres(pool) => {
+        match &self.pool {
+            Pool::Postgres(pool) => {
                 let mut migrator = sqlx::migrate!("../migrations/postgres");
                 migrator.dangerous_set_table_name("_app_migrations");
                 migrator.run(pool).await
             }
-            Db::Sqlite(pool) => {
+            Pool::Sqlite(pool) => {
                 let mut migrator = sqlx::migrate!("../migrations/sqlite");
                 migrator.dangerous_set_table_name("_app_migrations");
                 migrator.run(pool).await
@@ -197,6 +277,13 @@ impl Db {
     pub async fn close(&self) {
         on_db!(self, pool => pool.close().await)
     }
+}
+
+/// A listener on [`SESSION_CHANNEL`], on a connection of its own taken from `pool`.
+async fn listen(pool: &PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(SESSION_CHANNEL).await?;
+    Ok(listener)
 }
 
 /// A page of rows and the total that matched.

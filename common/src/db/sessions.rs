@@ -120,7 +120,7 @@ impl Sessions<'_> {
         client: &ClientInfo,
     ) -> DbResult<RotateOutcome> {
         let now = crate::now();
-        on_db!(self.0, pool => {
+        let outcome: DbResult<RotateOutcome> = on_db!(self.0, pool => {
             let mut tx = pool.begin().await.db()?;
             let used: Option<(Uuid, Uuid, Uuid)> = sqlx::query_as(
                 "UPDATE refresh_tokens SET revoked_at = $2 \
@@ -153,7 +153,7 @@ impl Sessions<'_> {
                     _ => RotateOutcome::Invalid,
                 };
                 tx.commit().await.db()?;
-                return Ok(outcome);
+                return self.forgetting(outcome);
             };
 
             let open = sqlx::query(
@@ -190,7 +190,16 @@ impl Sessions<'_> {
                 .db()?;
             tx.commit().await.db()?;
             Ok(RotateOutcome::Rotated { user_id, session_id })
-        })
+        });
+        self.forgetting(outcome?)
+    }
+
+    /// Forgets the cached sessions of a user whose session a reuse just closed.
+    fn forgetting(&self, outcome: RotateOutcome) -> DbResult<RotateOutcome> {
+        if let RotateOutcome::ReuseDetected { user_id, .. } = outcome {
+            self.0.session_cache().forget_user(user_id);
+        }
+        Ok(outcome)
     }
 
     /// Ends the session a refresh token belongs to (logout). Returns the user and session
@@ -214,6 +223,11 @@ impl Sessions<'_> {
             tx.commit().await.db()?;
             Ok(closed)
         })
+        .inspect(|closed| {
+            if let Some((user_id, _)) = closed {
+                self.0.session_cache().forget_user(*user_id);
+            }
+        })
     }
 
     /// Ends one of the user's sessions; false when it is not theirs or already closed.
@@ -235,6 +249,7 @@ impl Sessions<'_> {
             tx.commit().await.db()?;
             Ok(closed)
         })
+        .inspect(|_| self.0.session_cache().forget_user(user_id))
     }
 
     /// Ends every session of a user. Returns how many were open.
@@ -260,6 +275,7 @@ impl Sessions<'_> {
             tx.commit().await.db()?;
             Ok(closed)
         })
+        .inspect(|_| self.0.session_cache().forget_user(user_id))
     }
 
     /// The user's open sessions, newest first.

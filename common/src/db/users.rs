@@ -1,7 +1,10 @@
 //! Users.
 
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
+use super::session_cache::Cached;
 use super::{Db, DbResult, SqlxResultExt, on_db};
 use crate::model::{Role, User};
 
@@ -64,24 +67,43 @@ impl Users<'_> {
         .db()
     }
 
-    /// The user behind an access token, provided the token's session is still open. One
-    /// query per authenticated request: revoking a session or a device ends its access
-    /// tokens at once, not at their expiry.
+    /// The user behind an access token, provided the token's session is still open:
+    /// revoking a session or a device ends its access tokens at once, not at their expiry.
+    /// Answered from the [session cache](super::session_cache) when it can be, so an
+    /// authenticated request usually costs no query.
     pub async fn find_for_session(
         &self,
         user_id: Uuid,
         session_id: Uuid,
     ) -> DbResult<Option<User>> {
-        let sql = "SELECT u.id, u.email, u.full_name, u.hashed_password, u.role, u.is_active, u.created_at \
+        let cache = self.0.session_cache();
+        let generation = match cache.get(user_id, session_id) {
+            Cached::Hit(user) => return Ok(Some(user)),
+            Cached::Miss(generation) => generation,
+        };
+        let sql = "SELECT u.id, u.email, u.full_name, u.hashed_password, u.role, u.is_active, u.created_at, \
+                   s.expires_at AS session_expires_at \
                    FROM users u JOIN auth_sessions s ON s.user_id = u.id \
                    WHERE u.id = $1 AND s.id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3";
-        on_db!(self.0, pool => sqlx::query_as::<_, User>(sql)
-            .bind(user_id)
-            .bind(session_id)
-            .bind(crate::now())
-            .fetch_optional(pool)
-            .await)
-        .db()
+        let found: Option<(User, DateTime<Utc>)> = on_db!(self.0, pool => {
+            let row = sqlx::query(sql)
+                .bind(user_id)
+                .bind(session_id)
+                .bind(crate::now())
+                .fetch_optional(pool)
+                .await
+                .db()?;
+            row.map(|row| Ok((User::from_row(&row)?, row.try_get("session_expires_at")?)))
+                .transpose()
+                .db()?
+        });
+        Ok(found.map(|(user, expires_at)| {
+            // A disabled account is not cached: its sessions are being closed.
+            if user.is_active {
+                cache.store(generation, session_id, &user, expires_at);
+            }
+            user
+        }))
     }
 
     /// Gives an existing user a role and a new password (used by `create-admin` on an
@@ -102,6 +124,7 @@ impl Users<'_> {
             .fetch_one(pool)
             .await)
         .db()
+        .inspect(|user| self.0.session_cache().forget_user(user.id))
     }
 
     /// Activates or deactivates an account; false when the user does not exist.
@@ -114,6 +137,7 @@ impl Users<'_> {
             .await
             .map(|r| r.rows_affected() == 1))
         .db()
+        .inspect(|_| self.0.session_cache().forget_user(id))
     }
 }
 
@@ -171,5 +195,6 @@ impl Users<'_> {
             .fetch_optional(pool)
             .await)
         .db()
+        .inspect(|_| self.0.session_cache().forget_user(id))
     }
 }
