@@ -151,8 +151,8 @@ impl Clients<'_> {
                 count = count.bind(owner);
             }
             if let Some(pattern) = &pattern {
-                page = page.bind(pattern.clone());
-                count = count.bind(pattern.clone());
+                page = page.bind(pattern.as_str());
+                count = count.bind(pattern.as_str());
             }
             let rows = page.bind(limit).bind(offset).fetch_all(pool).await.db()?;
             let total: i64 = match rows.first() {

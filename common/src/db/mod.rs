@@ -144,8 +144,9 @@ impl Db {
                 .connect_with(options)
                 .await
                 .with_context(|| format!("cannot open the SQLite database {url:?}"))?;
-            // Only this process changes users and sessions through the API; it forgets
-            // what it changes itself, so the cache can start enabled.
+            // The embedded API is the one process that changes users and sessions (but for
+            // `create-admin`, which AUTH_CACHE_SECONDS bounds) and it forgets what it
+            // changes, so the cache can start enabled.
             Ok(Db::new(Pool::Sqlite(pool), settings, true))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)
