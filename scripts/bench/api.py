@@ -24,15 +24,12 @@ with scripts/bench-pipeline is in benchlib.py.
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime as dt
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +37,6 @@ import benchlib
 from benchlib import (
     API_BIN,
     BIN_DIR,
-    CLEANUP,
     ROOT,
     BenchError,
     CpuWindow,
@@ -55,10 +51,10 @@ from benchlib import (
     machine_facts,
     mb,
     missed_by,
-    on_signal,
     rss_kb,
     run_wrk,
     shown_env,
+    start_run,
     write_results,
 )
 
@@ -421,13 +417,7 @@ def main() -> int:
         if not binary.exists():
             raise BenchError(f"{binary} is missing: run scripts/bench-api, which builds it")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    atexit.register(CLEANUP.run)
-    run_dir = Path(tempfile.mkdtemp(prefix="monassurance-bench-api-"))
-    CLEANUP.dirs.append(run_dir)
-    CLEANUP.keep = args.keep
+    run_dir = start_run("monassurance-bench-api-", args.keep)
     log(f"run directory {run_dir}; modes {', '.join(modes)}{' (quick)' if args.quick else ''}")
 
     facts = machine_facts()

@@ -8,6 +8,7 @@ markers into bench/RESULTS.md. Python 3.9+ standard library only.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import datetime as dt
 import json
@@ -117,6 +118,18 @@ def on_signal(signum, _frame):
     log(f"signal {signum}: stopping everything")
     CLEANUP.run()
     sys.exit(128 + signum)
+
+
+def start_run(prefix: str, keep: bool) -> Path:
+    """A fresh run directory; everything the run starts or creates is removed at exit or
+    on SIGTERM, SIGINT and SIGHUP (the directory is kept with `keep`)."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    atexit.register(CLEANUP.run)
+    run_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    CLEANUP.dirs.append(run_dir)
+    CLEANUP.keep = keep
+    return run_dir
 
 
 # --------------------------------------------------------------------------------------

@@ -18,18 +18,15 @@ machinery it shares with scripts/bench-api is in benchlib.py.
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime as dt
 import io
 import json
 import shlex
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -39,7 +36,6 @@ import benchlib
 from benchlib import (
     API_BIN,
     BIN_DIR,
-    CLEANUP,
     ROOT,
     WORKER_BIN,
     BenchError,
@@ -53,13 +49,13 @@ from benchlib import (
     machine_facts,
     mb,
     missed_by,
-    on_signal,
     parse_ts,
     percentile,
     psql,
     rss_kb,
     run_wrk,
     shown_env,
+    start_run,
     steady_rss_kb,
     write_results,
 )
@@ -859,13 +855,7 @@ def main() -> int:
         if not binary.exists():
             raise BenchError(f"{binary} is missing: run scripts/bench-pipeline, which builds it")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    atexit.register(CLEANUP.run)
-    run_dir = Path(tempfile.mkdtemp(prefix="monassurance-bench-"))
-    CLEANUP.dirs.append(run_dir)
-    CLEANUP.keep = args.keep
+    run_dir = start_run("monassurance-bench-", args.keep)
     log(f"run directory {run_dir}; scenarios {', '.join(chosen)}{' (quick)' if args.quick else ''}")
 
     facts = machine_facts()
