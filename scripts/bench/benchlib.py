@@ -274,6 +274,17 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def reset_hwm(pid: int) -> bool:
+    """Resets the process's VmHWM to its current VmRSS (Linux 4.0+: `5` to clear_refs), so
+    that a later VmHWM is the peak since now; False when the kernel refuses."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 class RssSampler:
     """Samples a process's VmRSS every `interval` seconds on a thread."""
 
