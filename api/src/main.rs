@@ -20,7 +20,6 @@ use monassurance_api::{Application, admin};
 const USAGE: &str = "usage: monassurance-api [serve | all | migrate | create-admin --email EMAIL [--full-name NAME]]";
 
 fn main() -> anyhow::Result<()> {
-    tune_malloc();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,33 +27,37 @@ fn main() -> anyhow::Result<()> {
         .block_on(run())
 }
 
-/// glibc's malloc, tuned before any thread exists (`mallopt` is not meant to race with
-/// allocations on other threads).
-///
-/// Hashing a password (argon2id) allocates 19 MiB. glibc serves the first such block with
-/// `mmap` and unmaps it when freed, but then raises its mmap threshold to that size, so
-/// every later one comes from the heap of the calling thread's arena and stays resident
-/// after it is freed: each blocking thread that ever hashed or checked a password kept its
-/// 19 MiB (an idle API that had served a few logins sat at 75 MB, against 18 MB with this
-/// setting, measured by `scripts/bench-api`). A fixed threshold turns the adjustment off:
-/// blocks of 1 MiB or more are always mapped and unmapped. Password checks (logins) do not
-/// pay the page faults again: they keep their argon2 memory between checks
-/// (`common::auth::verify_password_blocking`); ordinary requests allocate far less.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_malloc() {
-    unsafe extern "C" {
-        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-    }
-    const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-    // SAFETY: mallopt only sets a parameter of the allocator; it is called first thing in
-    // main, before the runtime (or anything else) has started a thread.
+/// mimalloc rather than glibc's malloc: a request allocates and frees hundreds of small
+/// objects (rows, strings, the JSON body), and glibc's malloc took a tenth of the API's
+/// time under the list benchmark; with mimalloc the 100-client list answers about 30% more
+/// requests per second (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's options. Its defaults keep freed memory for a second and commit each arena
+/// up front, where the kernel backs it with transparent huge pages: an API that had checked
+/// a few passwords (argon2id takes 19 MiB per check) sat at 90 MB. Committing on demand
+/// and purging at once keep it under 50 MB (measured by `scripts/bench-api`) at no
+/// measurable cost. The first arena is reserved at the process's first allocation, before
+/// `main`, so this runs as a constructor, before any Rust code allocates.
+#[cfg(target_os = "linux")]
+extern "C" fn tune_allocator() {
+    use libmimalloc_sys::{mi_option_set, mi_option_t};
+    // The positions of these options in `mi_option_e` of the mimalloc 3 that
+    // libmimalloc-sys 0.1.49 bundles; its Rust bindings do not name them.
+    const ARENA_EAGER_COMMIT: mi_option_t = 4;
+    const PURGE_DELAY: mi_option_t = 15;
+    // SAFETY: mi_option_set only stores a setting; this runs at load time, single-threaded.
     unsafe {
-        mallopt(M_MMAP_THRESHOLD, 1 << 20);
+        mi_option_set(ARENA_EAGER_COMMIT, 0);
+        mi_option_set(PURGE_DELAY, 0);
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
 
 async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -68,7 +68,7 @@ pub async fn verify_password(password: String, hash: String) -> anyhow::Result<b
 /// parameters and salt of the stored hash; a constant-time comparison of the outputs),
 /// in a memory block taken from [`BLOCKS`] instead of a fresh 19 MiB allocation: the
 /// API's allocator hands such large blocks back to the kernel when they are freed (see
-/// `tune_malloc` in the API's main.rs), so a fresh one would be paid again in page faults
+/// `tune_allocator` in the API's main.rs), so a fresh one would be paid again in page faults
 /// at every login (+13 ms per check on the benchmark machine).
 pub fn verify_password_blocking(password: &str, hash: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
