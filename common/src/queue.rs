@@ -63,7 +63,7 @@ impl JobQueue {
             let storage = Box::new(RedisStorage::new(conn.clone()).with_config(config));
             Ok(JobQueue::Redis { storage, conn })
         } else {
-            crate::db::configure_sqlite();
+            crate::db::configure_sqlite_process();
             let url = sqlite_url_creating_file(&settings.queue_database_url)?;
             let (pool, listener) = SqliteStorage::connect_with_callback(&url)
                 .context("cannot open the SQLite job queue")?;

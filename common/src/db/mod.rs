@@ -17,6 +17,7 @@ pub mod documents;
 pub mod policies;
 pub mod session_cache;
 pub mod sessions;
+mod sqlite_tuning;
 pub mod templates;
 pub mod users;
 
@@ -63,6 +64,7 @@ macro_rules! on_db {
     };
 }
 pub use on_db;
+pub use sqlite_tuning::configure_process as configure_sqlite_process;
 
 /// Errors a repository reports; callers match on [`DbError::Conflict`] to answer 409.
 #[derive(Debug, thiserror::Error)]
@@ -133,60 +135,6 @@ async fn ping_if_idle<C: sqlx::Connection>(
     Ok(true)
 }
 
-/// Process-wide SQLite settings, applied before the first SQLite connection opens; call it
-/// before opening any. It turns off SQLite's memory statistics, which nothing reads: with
-/// them on, every allocation of every connection takes one global mutex, and the
-/// connections' threads queued on it. Off, the embedded 100-client list went from about
-/// 1,770 to 3,000 requests per second (bench/RESULTS.md).
-pub fn configure_sqlite() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: sqlite3_config must not run while another thread uses SQLite. `Once`
-        // serialises the callers, and every SQLite connection of the process is opened
-        // after this call (the API's and worker's pools and the job queue call it first).
-        // Once SQLite is initialised, it refuses with SQLITE_MISUSE and changes nothing.
-        let rc = unsafe {
-            libsqlite3_sys::sqlite3_config(
-                libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS,
-                0 as std::ffi::c_int,
-            )
-        };
-        if rc != libsqlite3_sys::SQLITE_OK {
-            tracing::debug!(
-                rc,
-                "SQLite was already initialised; memory statistics stay on"
-            );
-        }
-    });
-}
-
-/// Turns on SQLite's query planner stability guarantee for a new connection: a cached
-/// statement keeps the plan it was prepared with. Without it, SQLite looks at the values
-/// bound to `LIMIT`, `OFFSET` and `LIKE` while planning, and re-prepares the statement
-/// whenever they are bound again, so every paginated list was parsed and planned anew on
-/// each request.
-async fn stable_plans(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
-    let mut handle = conn.lock_handle().await?;
-    let db = handle.as_raw_handle().as_ptr();
-    // SAFETY: `db` is the connection's open handle, locked for us until `handle` drops;
-    // ENABLE_QPSG takes an int (1 = on) and an optional int* for the new setting.
-    let rc = unsafe {
-        libsqlite3_sys::sqlite3_db_config(
-            db,
-            libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
-            1 as std::ffi::c_int,
-            std::ptr::null_mut::<std::ffi::c_int>(),
-        )
-    };
-    if rc == libsqlite3_sys::SQLITE_OK {
-        Ok(())
-    } else {
-        Err(sqlx::Error::Configuration(
-            format!("SQLite refused the query planner stability guarantee ({rc})").into(),
-        ))
-    }
-}
-
 impl Db {
     /// Connects to `DATABASE_URL`. SQLite files are created when missing and opened in WAL
     /// mode with a busy timeout, so the API and the worker can write concurrently.
@@ -212,10 +160,10 @@ impl Db {
                     format!("cannot create the directory of {}", parent.display())
                 })?;
             }
-            configure_sqlite();
+            sqlite_tuning::configure_process();
             let pool = SqlitePoolOptions::new()
                 .max_connections(settings.database_max_connections)
-                .after_connect(|conn, _meta| Box::pin(stable_plans(conn)))
+                .after_connect(|conn, _meta| Box::pin(sqlite_tuning::stable_plans(conn)))
                 .test_before_acquire(false)
                 .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
                 .connect_with(options)
@@ -373,44 +321,4 @@ pub struct Page<T> {
     pub total: i64,
     pub limit: i64,
     pub offset: i64,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::ffi::c_int;
-
-    #[tokio::test]
-    async fn sqlite_connections_keep_their_plans_without_memory_statistics() {
-        let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().to_str().unwrap().to_owned();
-        let settings =
-            Settings::from_lookup(|key| (key == "DATA_DIR").then(|| data_dir.clone())).unwrap();
-        let db = Db::connect(&settings).await.unwrap();
-        let Pool::Sqlite(pool) = db.pool() else {
-            panic!("the embedded default is SQLite");
-        };
-        let mut conn = pool.acquire().await.unwrap();
-        sqlx::query("SELECT 1 LIMIT $1")
-            .bind(5)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-        let mut handle = conn.lock_handle().await.unwrap();
-        let mut qpsg: c_int = -1;
-        // SAFETY: the locked handle is open; -1 reads the setting into `qpsg`.
-        let rc = unsafe {
-            libsqlite3_sys::sqlite3_db_config(
-                handle.as_raw_handle().as_ptr(),
-                libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
-                -1 as c_int,
-                &mut qpsg as *mut c_int,
-            )
-        };
-        assert_eq!(rc, libsqlite3_sys::SQLITE_OK);
-        assert_eq!(qpsg, 1, "the query planner stability guarantee is on");
-        // With statistics on, SQLite counts the bytes its open connections hold.
-        // SAFETY: a plain read of a process-wide counter.
-        assert_eq!(unsafe { libsqlite3_sys::sqlite3_memory_used() }, 0);
-    }
 }
