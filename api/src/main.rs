@@ -34,6 +34,14 @@ fn main() -> anyhow::Result<()> {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// The positions of the options `tune_allocator` sets in `mi_option_e` of the mimalloc
+// that libmimalloc-sys bundles (3.3.2, checked by a test); its Rust bindings do not name
+// them.
+#[cfg(target_os = "linux")]
+const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+#[cfg(target_os = "linux")]
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 /// mimalloc's options. Its defaults keep freed memory for a second and commit each arena
 /// up front, where the kernel backs it with transparent huge pages: an API that had checked
 /// a few passwords (argon2id takes 19 MiB per check) sat at 90 MB. Committing on demand
@@ -42,11 +50,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `main`, so this runs as a constructor, before any Rust code allocates.
 #[cfg(target_os = "linux")]
 extern "C" fn tune_allocator() {
-    use libmimalloc_sys::{mi_option_set, mi_option_t};
-    // The positions of these options in `mi_option_e` of the mimalloc that libmimalloc-sys
-    // bundles (3.3.2, checked by a test); its Rust bindings do not name them.
-    const ARENA_EAGER_COMMIT: mi_option_t = 4;
-    const PURGE_DELAY: mi_option_t = 15;
+    use libmimalloc_sys::mi_option_set;
     // SAFETY: mi_option_set only stores a setting; this runs at load time, single-threaded.
     unsafe {
         mi_option_set(ARENA_EAGER_COMMIT, 0);
@@ -128,6 +132,7 @@ async fn create_admin(settings: Settings, args: &[String]) -> anyhow::Result<()>
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    use super::{ARENA_EAGER_COMMIT, PURGE_DELAY};
     use libmimalloc_sys::{mi_option_get, mi_version};
 
     /// The mimalloc whose option positions `tune_allocator` uses: 3.3.2.
@@ -136,8 +141,13 @@ mod tests {
     #[test]
     fn the_allocator_is_tuned_before_main() {
         // SAFETY: plain reads of mimalloc's version and settings.
-        let (version, eager_commit, purge_delay) =
-            unsafe { (mi_version(), mi_option_get(4), mi_option_get(15)) };
+        let (version, eager_commit, purge_delay) = unsafe {
+            (
+                mi_version(),
+                mi_option_get(ARENA_EAGER_COMMIT),
+                mi_option_get(PURGE_DELAY),
+            )
+        };
         assert_eq!(
             version, MIMALLOC_VERSION,
             "another mimalloc: check the option positions in tune_allocator"
