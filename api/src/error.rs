@@ -179,5 +179,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    /// The detail the client reads (for a command line, say).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 /// Handler results.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -4,7 +4,10 @@
 //! - [`Application`]: builds the state, binds the listener (port 0 allowed, for tests) and
 //!   serves until a shutdown signal, optionally with the document worker in-process (the
 //!   embedded mode).
-//! - [`routes`]: one module per resource; a route's URL names its module.
+//! - [`routes`]: one module per resource; a route's URL names its module. Handlers
+//!   extract, call the service layer, and map its answer to HTTP.
+//! - [`service`]: the business rules (access, accounts, documents, templates) between the
+//!   handlers and the repositories.
 //! - [`extract`]: JSON/query/path extractors with the API's error shape, and
 //!   [`extract::AuthUser`].
 //! - [`middleware`]: request id, logging and metrics, security headers, JSON errors, the
@@ -12,6 +15,7 @@
 //! - [`error`]: [`error::ApiError`], the one error type handlers return.
 //! - [`admin`]: creating the first admin (start-up bootstrap and the `create-admin`
 //!   command).
+//! - [`openapi`]: the OpenAPI description, `/docs` and its conventions.
 
 pub mod admin;
 pub mod error;
@@ -19,6 +23,7 @@ pub mod extract;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod service;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,9 +59,6 @@ pub struct AppInner {
     pub security_headers: Vec<(HeaderName, HeaderValue)>,
     /// The rate limits' store: Redis when configured, else this process's memory.
     pub limiter: common::limits::Limiter,
-    /// Warm PDF engines for template previews, shared with the embedded worker; processes
-    /// start on first use.
-    pub pdf: worker::render::pdf::PdfEngine,
     /// The number of queued documents, recounted at most every [`QUEUED_COUNT_TTL`] so
     /// backpressure costs one count per interval, not one per request.
     queued: tokio::sync::Mutex<Option<(std::time::Instant, i64)>>,
@@ -117,13 +119,12 @@ impl Application {
         db.migrate().await?;
         tokio::spawn(db.clone().watch_session_changes());
         admin::bootstrap(&db, &settings).await?;
-        let queue = JobQueue::connect(&settings).await?;
+        let redis = common::queue::connect_redis(&settings).await?;
+        let queue = JobQueue::connect(&settings, redis.clone()).await?;
         let storage = Storage::open(&settings)?;
-        let limiter = match &queue {
-            JobQueue::Redis { conn, .. } => {
-                common::limits::Limiter::with_redis(conn.clone(), &settings.queue_name)
-            }
-            JobQueue::Sqlite { .. } => common::limits::Limiter::in_memory(),
+        let limiter = match redis {
+            Some(conn) => common::limits::Limiter::with_redis(conn, &settings.queue_name),
+            None => common::limits::Limiter::in_memory(),
         };
         let listener = TcpListener::bind(settings.bind_addr)
             .await
@@ -143,7 +144,6 @@ impl Application {
             request_id_header,
             queued: tokio::sync::Mutex::new(None),
             limiter,
-            pdf: worker::pdf_engine(&settings),
             settings,
             db,
             queue,
@@ -175,14 +175,13 @@ impl Application {
         let state = self.state.clone();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let worker = self.embedded_worker.then(|| {
-            let deps = Arc::new(worker::Deps {
-                settings: state.settings.clone(),
-                db: state.db.clone(),
-                storage: state.storage.clone(),
-                metrics: state.metrics.clone(),
-                queue: state.queue.clone(),
-                pdf: state.pdf.clone(),
-            });
+            let deps = Arc::new(worker::Deps::new(
+                state.settings.clone(),
+                state.db.clone(),
+                state.storage.clone(),
+                state.metrics.clone(),
+                state.queue.clone(),
+            ));
             let mut rx = stop_rx.clone();
             tokio::spawn(worker::run(deps, async move {
                 let _ = rx.wait_for(|stop| *stop).await;
@@ -213,7 +212,6 @@ impl Application {
         if let Some(worker) = worker {
             worker.await.context("the worker task panicked")??;
         }
-        state.pdf.shutdown().await;
         state.db.close().await;
         Ok(())
     }

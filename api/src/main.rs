@@ -117,14 +117,8 @@ async fn create_admin(settings: Settings, args: &[String]) -> anyhow::Result<()>
     };
     let db = Db::connect(&settings).await?;
     db.migrate().await?;
-    let user = admin::create_or_promote(
-        &db,
-        &email,
-        &password,
-        full_name.as_deref(),
-        settings.password_min_length,
-    )
-    .await?;
+    let user =
+        admin::create_or_promote(&db, &email, &password, full_name.as_deref(), &settings).await?;
     db.close().await;
     println!("admin {} ({}) is ready", user.email, user.id);
     Ok(())

@@ -11,14 +11,18 @@
 //! - [`queue`]: the job payload and the producer side of the job queue (SQLite or Redis).
 //! - [`storage`]: the object store where rendered documents live.
 //! - [`limits`]: rate limits (GCRA), shared through Redis or kept in memory.
+//! - [`envelope`]: documents at rest: brotli, then AES-256-GCM in chunks, streamable.
+//! - [`maintenance`]: the reconciler (lost jobs), orphan purge, preview sweep, retention.
 //! - [`telemetry`]: logging set-up and the Prometheus registry.
 //!
-//! This crate knows nothing of HTTP or rendering: those live in `api` and `worker`.
+//! This crate knows nothing of HTTP or rendering: those live in `api` and `worker` (and
+//! what a template is, in the `template` crate beside this one).
 
 pub mod auth;
 pub mod db;
 pub mod envelope;
 pub mod limits;
+pub mod maintenance;
 pub mod model;
 pub mod queue;
 pub mod settings;

@@ -309,6 +309,9 @@ pub struct Document {
     /// Asked for with a template (whose version may since have been deleted).
     #[serde(skip)]
     pub uses_template: bool,
+    /// A template preview: rendered like a document, answered, then deleted; never listed.
+    #[serde(skip)]
+    pub preview: bool,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

@@ -1,19 +1,24 @@
-//! The job queue: what a render job carries and how the API pushes one.
+//! The job queue: what a render job carries, how it is pushed, and what a worker consumes.
 //!
 //! Two backends, chosen by configuration: Redis (apalis-redis) whenever `REDIS_URL` is set,
 //! SQLite (apalis-sqlite, in its own file so queue traffic never contends with the data
 //! file's writers) otherwise. A job carries only the document id and the request id: the
 //! `generated_documents` row is the truth, so a lost or duplicated job costs a retry, never
 //! a wrong document.
+//!
+//! The backends stay inside [`JobQueue`]: producers call [`JobQueue::push`], a worker asks
+//! for a [`Consumer`] and builds its apalis worker from the backends it hands out. The
+//! Redis connection is made once ([`connect_redis`]) and passed to whoever needs it (the
+//! queue, the rate limiter), rather than found by looking inside the queue.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
-use apalis_redis::RedisStorage;
+use apalis::prelude::{BackendExt, PollWith, Strategy, TaskBuilder, TaskId, TaskSink};
+use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::callback::HookCallbackListener;
 use apalis_sqlite::{SqlitePool, SqliteStorage};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -33,53 +38,98 @@ pub struct RenderJob {
 pub const REDIS_HEARTBEAT: Duration = Duration::from_secs(5);
 pub const REDIS_MISSED_HEARTBEATS: usize = 3;
 
+/// The connection to `REDIS_URL`, when it is set: one connection manager (it reconnects
+/// by itself) shared by the queue and the rate limiter.
+pub async fn connect_redis(settings: &Settings) -> anyhow::Result<Option<ConnectionManager>> {
+    let Some(url) = &settings.redis_url else {
+        return Ok(None);
+    };
+    let conn = apalis_redis::connect(url.as_str())
+        .await
+        .context("cannot connect to Redis at REDIS_URL")?;
+    Ok(Some(conn))
+}
+
 /// The producer's handle on the queue; cheap to clone.
 #[derive(Clone)]
-pub enum JobQueue {
-    Sqlite {
-        pool: SqlitePool,
-        config: apalis_sqlite::Config,
-        /// Fires when this process writes to the queue file, so an in-process worker
-        /// picks a job up without waiting for its next poll. Taken by the first worker.
-        listener: Arc<Mutex<Option<HookCallbackListener>>>,
-    },
-    Redis {
-        storage: Box<RedisStorage<RenderJob>>,
-        conn: apalis_redis::ConnectionManager,
-    },
+pub struct JobQueue {
+    backend: Consumer,
+}
+
+/// What a worker consumes: a source of apalis backends, one for each (re)start of its
+/// apalis worker.
+#[derive(Clone)]
+pub enum Consumer {
+    Sqlite(SqliteSource),
+    Redis(RedisSource),
+}
+
+/// The SQLite queue file, and the wake-ups its update hook sends.
+#[derive(Clone)]
+pub struct SqliteSource {
+    pool: SqlitePool,
+    config: apalis_sqlite::Config,
+    /// Fires when this process inserts a job, so an in-process worker picks it up without
+    /// waiting for its next poll. Clones share one receiver: each backend handed out gets a
+    /// clone, so a worker restarted by its monitor still hears them (taking the listener
+    /// out once, as before, left a restarted worker polling only).
+    wake_ups: HookCallbackListener,
+}
+
+/// The Redis queue.
+#[derive(Clone)]
+pub struct RedisSource {
+    storage: Box<RedisStorage<RenderJob>>,
+    conn: ConnectionManager,
+}
+
+impl SqliteSource {
+    /// A backend that takes jobs when woken, and at least every `poll`.
+    pub fn backend(&self, poll: Duration) -> PollWith<SqliteStorage<RenderJob>, Strategy> {
+        let wake_ups = self.wake_ups.clone().ready_chunks(self.config.batch_size);
+        SqliteStorage::<RenderJob>::new(&self.pool)
+            .with_config(self.config.clone())
+            .poll_with_strategy(Strategy::new().stream(wake_ups).interval(poll))
+    }
+
+    /// The wake-ups a backend listens to (for tests).
+    pub fn wake_ups(&self) -> HookCallbackListener {
+        self.wake_ups.clone()
+    }
+}
+
+impl RedisSource {
+    /// A backend that takes jobs every `poll`.
+    pub fn backend(&self, poll: Duration) -> PollWith<RedisStorage<RenderJob>, Strategy> {
+        let storage: RedisStorage<RenderJob> = (*self.storage).clone();
+        storage.poll_with_strategy(Strategy::new().interval(poll))
+    }
 }
 
 impl JobQueue {
-    /// Opens the configured backend and prepares its tables (SQLite).
-    pub async fn connect(settings: &Settings) -> anyhow::Result<JobQueue> {
-        if let Some(url) = &settings.redis_url {
-            let conn = apalis_redis::connect(url.as_str())
-                .await
-                .context("cannot connect to Redis at REDIS_URL")?;
-            let config = apalis_redis::Config::default()
-                .queue(&settings.queue_name)
-                .heartbeat_interval(REDIS_HEARTBEAT)
-                .missed_heartbeats(REDIS_MISSED_HEARTBEATS);
-            let storage = Box::new(RedisStorage::new(conn.clone()).with_config(config));
-            Ok(JobQueue::Redis { storage, conn })
-        } else {
-            crate::db::configure_sqlite_process();
-            let url = sqlite_url_creating_file(&settings.queue_database_url)?;
-            let (pool, listener) = SqliteStorage::connect_with_callback(&url)
-                .context("cannot open the SQLite job queue")?;
-            SqliteStorage::setup(&pool)
-                .await
-                .context("cannot prepare the SQLite job queue")?;
-            let config = apalis_sqlite::Config::default()
-                .queue(&settings.queue_name)
-                .heartbeat_interval(Duration::from_secs(5))
-                .missed_heartbeats(3);
-            Ok(JobQueue::Sqlite {
-                pool,
-                config,
-                listener: Arc::new(Mutex::new(Some(listener))),
-            })
-        }
+    /// The Redis queue when `redis` is given (see [`connect_redis`]), else the SQLite queue
+    /// file `QUEUE_DATABASE_URL` (its tables prepared here).
+    pub async fn connect(
+        settings: &Settings,
+        redis: Option<ConnectionManager>,
+    ) -> anyhow::Result<JobQueue> {
+        let backend = match redis {
+            Some(conn) => {
+                let config = apalis_redis::Config::default()
+                    .queue(&settings.queue_name)
+                    .heartbeat_interval(REDIS_HEARTBEAT)
+                    .missed_heartbeats(REDIS_MISSED_HEARTBEATS);
+                let storage = Box::new(RedisStorage::new(conn.clone()).with_config(config));
+                Consumer::Redis(RedisSource { storage, conn })
+            }
+            None => Consumer::Sqlite(open_sqlite(settings).await?),
+        };
+        Ok(JobQueue { backend })
+    }
+
+    /// What a worker takes jobs from.
+    pub fn consumer(&self) -> Consumer {
+        self.backend.clone()
     }
 
     /// Enqueues a render job under a fresh task id, which is returned for the logs.
@@ -95,31 +145,28 @@ impl JobQueue {
             builder = builder.run_after(delay);
         }
         let task = builder.build();
-        match self {
-            JobQueue::Sqlite { pool, config, .. } => {
-                let mut storage = SqliteStorage::<RenderJob>::new(pool).with_config(config.clone());
-                storage
-                    .push_task(task)
-                    .await
-                    .context("cannot enqueue the job")?;
-            }
-            JobQueue::Redis { storage, .. } => {
-                storage
-                    .clone()
-                    .push_task(task)
-                    .await
-                    .context("cannot enqueue the job")?;
-            }
+        match &self.backend {
+            Consumer::Sqlite(queue) => SqliteStorage::<RenderJob>::new(&queue.pool)
+                .with_config(queue.config.clone())
+                .push_task(task)
+                .await
+                .context("cannot enqueue the job")?,
+            Consumer::Redis(queue) => queue
+                .storage
+                .clone()
+                .push_task(task)
+                .await
+                .context("cannot enqueue the job")?,
         }
         Ok(id)
     }
 
-    /// Whether the queue's server answers (always true for the embedded SQLite queue).
+    /// Whether the queue's server answers (`None` for the embedded SQLite queue).
     pub async fn ping(&self) -> Option<bool> {
-        match self {
-            JobQueue::Sqlite { .. } => None,
-            JobQueue::Redis { conn, .. } => {
-                let mut conn = conn.clone();
+        match &self.backend {
+            Consumer::Sqlite(_) => None,
+            Consumer::Redis(queue) => {
+                let mut conn = queue.conn.clone();
                 let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
                 Some(pong.is_ok())
             }
@@ -128,11 +175,31 @@ impl JobQueue {
 
     /// The name used in logs and metrics.
     pub fn backend_name(&self) -> &'static str {
-        match self {
-            JobQueue::Sqlite { .. } => "sqlite",
-            JobQueue::Redis { .. } => "redis",
+        match &self.backend {
+            Consumer::Sqlite(_) => "sqlite",
+            Consumer::Redis(_) => "redis",
         }
     }
+}
+
+/// Opens the SQLite queue file and prepares its tables.
+async fn open_sqlite(settings: &Settings) -> anyhow::Result<SqliteSource> {
+    crate::db::configure_sqlite_process();
+    let url = sqlite_url_creating_file(&settings.queue_database_url)?;
+    let (pool, wake_ups) =
+        SqliteStorage::connect_with_callback(&url).context("cannot open the SQLite job queue")?;
+    SqliteStorage::setup(&pool)
+        .await
+        .context("cannot prepare the SQLite job queue")?;
+    let config = apalis_sqlite::Config::default()
+        .queue(&settings.queue_name)
+        .heartbeat_interval(Duration::from_secs(5))
+        .missed_heartbeats(3);
+    Ok(SqliteSource {
+        pool,
+        config,
+        wake_ups,
+    })
 }
 
 /// sqlx opens SQLite files read-write but does not create them unless asked.
@@ -151,4 +218,38 @@ fn sqlite_url_creating_file(url: &str) -> anyhow::Result<String> {
     } else {
         format!("{url}?mode=rwc")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each backend handed out hears the wake-ups: a worker restarted by its monitor asks
+    /// for a new backend and must not fall back to polling.
+    #[tokio::test]
+    async fn every_sqlite_backend_hears_the_wake_ups() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_str().unwrap().to_owned();
+        let settings = Settings::from_lookup(|key| match key {
+            "DATA_DIR" => Some(data_dir.clone()),
+            _ => None,
+        })
+        .unwrap();
+        let queue = JobQueue::connect(&settings, None).await.unwrap();
+        let Consumer::Sqlite(source) = queue.consumer() else {
+            panic!("no REDIS_URL: the SQLite queue")
+        };
+        for restart in 0..3 {
+            // What a (re)started worker gets: a fresh backend and its own clone of the hook.
+            let _backend = source.backend(Duration::from_secs(3600));
+            let mut wake_ups = source.wake_ups();
+            let job = RenderJob {
+                document_id: Uuid::now_v7(),
+                request_id: None,
+            };
+            queue.push(job).await.unwrap();
+            let woke = tokio::time::timeout(Duration::from_secs(5), wake_ups.next()).await;
+            assert_eq!(woke, Ok(Some(())), "start {restart} heard no wake-up");
+        }
+    }
 }

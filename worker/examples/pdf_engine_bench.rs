@@ -23,9 +23,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use monassurance_worker::render::pdf::{PdfConfig, PdfEngine, PdfOptions};
+use monassurance_worker::pdf::{PdfConfig, PdfEngine};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use template::layout::PageLayout;
 
 const USAGE: &str = "usage: pdf_engine_bench pdf --html FILE [--count N] [--pool P] \
                      [--max-jobs M] [--wkhtmltopdf PATH] [--timeout-seconds S]\n       \
@@ -130,7 +131,7 @@ async fn pdf(args: &Args) -> anyhow::Result<serde_json::Value> {
         max_jobs_per_process: max_jobs,
         timeout,
     });
-    let options = PdfOptions::default();
+    let options = PageLayout::default();
 
     // One render per process first, so the timed part measures warm processes only (the
     // pipeline's figure is taken after the same kind of warm-up).
@@ -161,7 +162,7 @@ async fn pdf(args: &Args) -> anyhow::Result<serde_json::Value> {
 async fn render_all(
     engine: &PdfEngine,
     html: &str,
-    options: &PdfOptions,
+    options: &PageLayout,
     count: usize,
 ) -> anyhow::Result<usize> {
     let mut tasks = tokio::task::JoinSet::new();
@@ -216,7 +217,7 @@ fn html_loop(args: &Args) -> anyhow::Result<serde_json::Value> {
             },
             "now": now,
         });
-        let html = monassurance_worker::render::render_html(&source, &context, fuel, max_bytes)?;
+        let html = template::render_html(&source, &context, fuel, max_bytes)?;
         let checksum = hex::encode(Sha256::digest(html.as_bytes()));
         let staged = out.join(format!("{id}.html#{}", &checksum[..8]));
         std::fs::write(&staged, html.as_bytes())?;

@@ -1,31 +1,28 @@
 //! The document worker: takes render jobs off the queue and runs the pipeline.
 //!
 //! # Layout
-//! - [`render`]: template → bytes (HTML with minijinja, PDF, XLSX).
+//! - [`pdf`]: the pool of warm wkhtmltopdf processes (HTML → PDF); the templates
+//!   themselves (HTML, XLSX, page layouts) are the `template` crate's.
 //! - [`pipeline`]: one job from claim to stored object and finished row, with retries.
-//! - [`maintenance`]: the reconciler (lost jobs), orphan purge and retention.
 //! - this module: wiring the pipeline into an apalis worker over the configured queue,
 //!   with the periodic tasks beside it.
 //!
 //! The `monassurance-worker` binary runs this against Redis (or a shared SQLite queue);
 //! the API's embedded mode runs it in-process with [`run`].
 
-pub mod maintenance;
+pub mod pdf;
 pub mod pipeline;
-pub mod render;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use apalis::prelude::*;
-use apalis_redis::RedisStorage;
-use apalis_sqlite::SqliteStorage;
-use common::queue::{JobQueue, RenderJob};
+use common::maintenance;
+use common::queue::{Consumer, JobQueue, RenderJob};
 use common::storage::Storage;
 use common::telemetry::Metrics;
 use common::{Db, Settings};
-use futures::StreamExt;
-use render::pdf::{PdfConfig, PdfEngine};
+use pdf::{PdfConfig, PdfEngine};
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span};
 
@@ -109,43 +106,24 @@ pub async fn run(
     let periodic = tokio::spawn(periodic_tasks(deps.clone(), stop_rx));
 
     let monitor = Monitor::new().shutdown_timeout(settings.drain_timeout);
-    let monitor = match deps.queue.clone() {
-        JobQueue::Sqlite {
-            pool,
-            config,
-            listener,
-        } => {
-            let listener = listener.lock().expect("listener lock").take();
-            let listener = std::sync::Mutex::new(listener);
-            let deps = deps.clone();
+    // One apalis worker over the queue's backend; the monitor calls the factory again on
+    // each restart, and the queue hands out a fresh backend each time.
+    macro_rules! render_worker {
+        ($source:expr) => {{
+            let (source, deps) = ($source, deps.clone());
             monitor.register(move |_restarts| {
-                let mut strategy = Strategy::new();
-                if let Some(hook) = listener.lock().expect("listener lock").take() {
-                    strategy = strategy.stream(hook.ready_chunks(config.batch_size));
-                }
-                let backend = SqliteStorage::<RenderJob>::new(&pool)
-                    .with_config(config.clone())
-                    .poll_with_strategy(strategy.interval(poll));
                 WorkerBuilder::new(name.clone())
-                    .backend(backend)
+                    .backend(source.backend(poll))
                     .concurrency(concurrency)
                     .catch_panic()
                     .data(deps.clone())
                     .build(handle)
             })
-        }
-        JobQueue::Redis { storage, .. } => {
-            let deps = deps.clone();
-            monitor.register(move |_restarts| {
-                let backend: RedisStorage<RenderJob> = (*storage).clone();
-                WorkerBuilder::new(name.clone())
-                    .backend(backend.poll_with_strategy(Strategy::new().interval(poll)))
-                    .concurrency(concurrency)
-                    .catch_panic()
-                    .data(deps.clone())
-                    .build(handle)
-            })
-        }
+        }};
+    }
+    let monitor = match deps.queue.consumer() {
+        Consumer::Sqlite(source) => render_worker!(source),
+        Consumer::Redis(source) => render_worker!(source),
     };
     let result = monitor
         .should_restart(|_ctx, err| {
@@ -166,7 +144,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The reconciler every `RECONCILE_INTERVAL_MS`, and orphan purge plus retention every
+/// The reconciler every `RECONCILE_INTERVAL_MS`, and orphan purge, the preview sweep and
+/// retention every
 /// `MAINTENANCE_INTERVAL_SECONDS`, until `stop`.
 async fn periodic_tasks(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
     let mut reconcile = tokio::time::interval(deps.settings.reconcile_interval);
@@ -199,6 +178,11 @@ async fn periodic_tasks(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
                     }
                     Ok(_) => {}
                     Err(err) => error!(error = %err, "orphan purge failed"),
+                }
+                match maintenance::sweep_previews(&deps.db, &deps.storage).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(deleted = n, "abandoned previews swept"),
+                    Err(err) => error!(error = %err, "preview sweep failed"),
                 }
                 if let Some(days) = deps.settings.document_retention_days {
                     match maintenance::apply_retention(&deps.db, &deps.storage, days).await {

@@ -23,7 +23,8 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing(&settings);
     let db = Db::connect(&settings).await?;
     db.migrate().await?;
-    let queue = JobQueue::connect(&settings).await?;
+    let redis = common::queue::connect_redis(&settings).await?;
+    let queue = JobQueue::connect(&settings, redis).await?;
     let storage = Storage::open(&settings)?;
     let deps = Arc::new(Deps::new(settings, db, storage, Metrics::new(), queue));
 

@@ -26,8 +26,10 @@ use tracing::{info, warn};
 use common::envelope;
 
 use crate::Deps;
-use crate::render::pdf::{PdfEngine, PdfOptions};
-use crate::render::{self, RenderError};
+use template::RenderError;
+use template::layout::PageLayout;
+
+use crate::pdf::PdfEngine;
 
 /// How a job went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -317,11 +319,11 @@ pub async fn render_bytes(
         OutputFormat::Html | OutputFormat::Pdf => {
             // The layout is checked before rendering: a bad option fails fast.
             let layout = (format == OutputFormat::Pdf)
-                .then(|| PdfOptions::from_template_options(options))
+                .then(|| PageLayout::from_template_options(options))
                 .transpose()?;
-            let source = source.unwrap_or_else(|| render::BUILTIN_HTML.to_owned());
+            let source = source.unwrap_or_else(|| template::BUILTIN_HTML.to_owned());
             let html =
-                blocking(move || render::render_html(&source, &context, fuel, limit)).await??;
+                blocking(move || template::render_html(&source, &context, fuel, limit)).await??;
             let Some(layout) = layout else {
                 return Ok(Bytes::from(html));
             };
@@ -340,7 +342,7 @@ pub async fn render_bytes(
         }
         OutputFormat::Xlsx => {
             let xlsx = blocking(move || {
-                render::xlsx::render_xlsx(source.as_deref(), &context, fuel, limit)
+                template::xlsx::render_xlsx(source.as_deref(), &context, fuel, limit)
             })
             .await??;
             Ok(Bytes::from(xlsx))

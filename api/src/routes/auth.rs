@@ -4,16 +4,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::auth::{
-    dummy_password_hash, hash_password, new_refresh_token, refresh_token_hash, verify_password,
-};
-use common::db::DbError;
-use common::db::audit::AuditEvent;
-use common::db::sessions::{ClientInfo, RotateOutcome};
-use common::db::users::NewUser;
-use common::limits::Spend;
-use common::model::{Role, Session, User};
-use serde::{Deserialize, Serialize};
+use common::auth::refresh_token_hash;
+use common::model::{Role, Session};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use utoipa::ToSchema;
@@ -22,6 +15,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, RequestMeta};
+use crate::service::accounts::{self, NewAccount, UserOut};
+use crate::service::sessions::{self, TokenPair, audit_user as audit};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -45,75 +40,6 @@ struct RegisterBody {
     role: Option<Role>,
 }
 
-/// The public view of a user.
-#[derive(Serialize, ToSchema)]
-pub struct UserOut {
-    id: Uuid,
-    email: String,
-    full_name: Option<String>,
-    role: Role,
-    is_active: bool,
-    created_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl From<User> for UserOut {
-    fn from(u: User) -> Self {
-        UserOut {
-            id: u.id,
-            email: u.email,
-            full_name: u.full_name,
-            role: u.role,
-            is_active: u.is_active,
-            created_at: u.created_at,
-        }
-    }
-}
-
-/// A deliberately simple check: one `@`, something on each side, a dot in the domain, no
-/// spaces. Deliverability is the mail server's business.
-pub fn valid_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else {
-        return false;
-    };
-    email.len() <= 254
-        && !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains('@')
-        && !email.chars().any(char::is_whitespace)
-}
-
-/// The rules every new account follows, whether registered or created by an admin: a
-/// plausible email, a password of `PASSWORD_MIN_LENGTH`, a name of at most 255 characters.
-/// Returns the trimmed email and name (a blank name is none).
-pub fn validate_account<'a>(
-    state: &AppState,
-    email: &'a str,
-    password: &str,
-    full_name: Option<&'a str>,
-) -> ApiResult<(&'a str, Option<&'a str>)> {
-    let email = email.trim();
-    if !valid_email(email) {
-        return Err(ApiError::invalid("email", "is not a valid email address"));
-    }
-    let min = state.settings.password_min_length;
-    if password.chars().count() < min {
-        return Err(ApiError::invalid(
-            "password",
-            format!("must be at least {min} characters long"),
-        ));
-    }
-    let full_name = full_name.map(str::trim).filter(|n| !n.is_empty());
-    if full_name.is_some_and(|n| n.chars().count() > 255) {
-        return Err(ApiError::invalid(
-            "full_name",
-            "must be at most 255 characters long",
-        ));
-    }
-    Ok((email, full_name))
-}
-
 #[utoipa::path(
     post, path = "/register", tag = "auth", operation_id = "register",
     request_body = RegisterBody,
@@ -134,30 +60,14 @@ async fn register(
             "Registration creates agents; an admin creates other roles through /api/v1/users.",
         ));
     }
-    let (email, full_name) = validate_account(
-        &state,
-        &body.email,
-        &body.password,
-        body.full_name.as_deref(),
-    )?;
-    let hash = hash_password(body.password).await?;
-    let user = state
-        .db
-        .users()
-        .create(NewUser {
-            email,
-            full_name,
-            hashed_password: &hash,
-            role: Role::Agent,
-            is_active: true,
-        })
-        .await
-        .map_err(|e| match e {
-            DbError::Conflict(_) => {
-                ApiError::conflict("email_taken", "This email is already registered.")
-            }
-            other => other.into(),
-        })?;
+    let account = NewAccount {
+        email: &body.email,
+        password: body.password,
+        full_name: body.full_name.as_deref(),
+        role: Role::Agent,
+        is_active: true,
+    };
+    let user = accounts::create(&state.db, state.settings.password_min_length, account).await?;
     audit(
         &state,
         &meta,
@@ -178,14 +88,6 @@ struct LoginBody {
     device_label: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
-struct TokenPair {
-    access_token: String,
-    refresh_token: String,
-    token_type: &'static str,
-    expires_in: u64,
-}
-
 #[utoipa::path(
     post, path = "/login", tag = "auth", operation_id = "login",
     request_body = LoginBody,
@@ -200,63 +102,12 @@ async fn login(
     meta: RequestMeta,
     Json(body): Json<LoginBody>,
 ) -> ApiResult<Json<TokenPair>> {
-    let email = body.email.trim().to_lowercase();
-    let guard = LoginGuard::new(&state, &meta, &email);
-    if let Err(refused) = guard.check().await {
-        let metadata = serde_json::json!({"email": email, "reason": "rate_limited"});
-        audit(&state, &meta, None, "login_failed", None, Some(metadata)).await;
-        return Err(refused);
-    }
-    let user = state.db.users().find_by_email(&email).await?;
-    // Unknown emails cost a hash check too, so timing does not tell which emails exist.
-    let hash = user
-        .as_ref()
-        .map(|u| u.hashed_password.clone())
-        .unwrap_or_else(|| dummy_password_hash().to_owned());
-    let password_ok = verify_password(body.password, hash).await?;
-    let Some(user) = user.filter(|_| password_ok) else {
-        guard.count_failure().await;
-        let metadata = serde_json::json!({"email": email});
-        audit(&state, &meta, None, "login_failed", None, Some(metadata)).await;
-        return Err(ApiError::unauthorized("Incorrect email or password."));
+    let credentials = sessions::Credentials {
+        email: &body.email,
+        password: body.password,
+        device_label: body.device_label,
     };
-    if !user.is_active {
-        audit(
-            &state,
-            &meta,
-            Some(user.id),
-            "login_failed",
-            Some(user.id),
-            Some(serde_json::json!({"reason": "disabled"})),
-        )
-        .await;
-        return Err(ApiError::forbidden(
-            "account_disabled",
-            "This account is disabled.",
-        ));
-    }
-    let client = ClientInfo {
-        device_label: Some(
-            body.device_label
-                .map(|l| l.chars().take(100).collect())
-                .unwrap_or_else(|| "login".to_owned()),
-        ),
-        ip_address: meta.ip_address.clone(),
-        user_agent: meta.user_agent.clone(),
-    };
-    let refresh_token = new_refresh_token();
-    let session_id = state
-        .db
-        .sessions()
-        .open(
-            user.id,
-            &refresh_token_hash(&refresh_token),
-            refresh_expiry(&state),
-            &client,
-        )
-        .await?;
-    audit(&state, &meta, Some(user.id), "login", Some(user.id), None).await;
-    Ok(Json(token_pair(&state, &user, session_id, refresh_token)?))
+    Ok(Json(sessions::login(&state, &meta, credentials).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -278,60 +129,9 @@ async fn refresh(
     meta: RequestMeta,
     Json(body): Json<RefreshBody>,
 ) -> ApiResult<Json<TokenPair>> {
-    let invalid = || ApiError::unauthorized("The refresh token is invalid, expired or revoked.");
-    let new_token = new_refresh_token();
-    let client = ClientInfo {
-        device_label: None,
-        ip_address: meta.ip_address.clone(),
-        user_agent: meta.user_agent.clone(),
-    };
-    let outcome = state
-        .db
-        .sessions()
-        .rotate(
-            &refresh_token_hash(&body.refresh_token),
-            &refresh_token_hash(&new_token),
-            refresh_expiry(&state),
-            &client,
-        )
-        .await?;
-    match outcome {
-        RotateOutcome::Rotated {
-            user_id,
-            session_id,
-        } => {
-            let user = state
-                .db
-                .users()
-                .find_by_id(user_id)
-                .await?
-                .ok_or_else(invalid)?;
-            if !user.is_active {
-                state.db.sessions().revoke(user.id, session_id).await?;
-                return Err(invalid());
-            }
-            audit(&state, &meta, Some(user.id), "refresh", Some(user.id), None).await;
-            Ok(Json(token_pair(&state, &user, session_id, new_token)?))
-        }
-        RotateOutcome::ReuseDetected {
-            user_id,
-            session_id,
-        } => {
-            tracing::warn!(%user_id, %session_id, "refresh token reused: session revoked");
-            let metadata = serde_json::json!({"session_id": session_id});
-            audit(
-                &state,
-                &meta,
-                Some(user_id),
-                "refresh_reuse_detected",
-                Some(user_id),
-                Some(metadata),
-            )
-            .await;
-            Err(invalid())
-        }
-        RotateOutcome::Invalid => Err(invalid()),
-    }
+    Ok(Json(
+        sessions::refresh(&state, &meta, &body.refresh_token).await?,
+    ))
 }
 
 /// Logout and revoke: owning the refresh token is the proof; always 204 so the answer
@@ -447,114 +247,4 @@ async fn delete_device(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The login brute-force guard (`LOGIN_ATTEMPTS_*`): failed attempts per IP and per
-/// account.
-///
-/// Only failures count: a user who logs in successfully many times is never locked out,
-/// and a shared office IP is not blocked by its users' normal logins. Once either budget
-/// is spent, every attempt is refused with 429 *before* the password is checked, so a
-/// locked-out guesser cannot learn whether a guess was right. Attempts on unknown emails
-/// count against that email, so probing for accounts is throttled the same way.
-struct LoginGuard<'a> {
-    state: &'a AppState,
-    ip: Option<String>,
-    email: &'a str,
-}
-
-impl<'a> LoginGuard<'a> {
-    fn new(state: &'a AppState, meta: &RequestMeta, email: &'a str) -> Self {
-        LoginGuard {
-            state,
-            ip: meta.ip_address.clone(),
-            email,
-        }
-    }
-
-    /// The budgets this attempt falls under: (scope, key, per minute).
-    fn budgets(&self) -> Vec<(&'static str, &str, u32)> {
-        let settings = &self.state.settings;
-        if !settings.login_attempts_enabled {
-            return Vec::new();
-        }
-        let mut budgets = Vec::with_capacity(2);
-        if let Some(ip) = &self.ip {
-            budgets.push((
-                "login_ip",
-                ip.as_str(),
-                settings.login_attempts_ip_per_minute,
-            ));
-        }
-        budgets.push((
-            "login_account",
-            self.email,
-            settings.login_attempts_account_per_minute,
-        ));
-        budgets
-    }
-
-    /// Refuses (429) when the IP or the account has no failed attempt left this minute.
-    async fn check(&self) -> ApiResult<()> {
-        for (scope, key, per_minute) in self.budgets() {
-            self.state
-                .rate_limit(scope, key, per_minute, Spend::Peek)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Spends one failed attempt of the IP and of the account.
-    async fn count_failure(&self) {
-        for (scope, key, per_minute) in self.budgets() {
-            // Already full: the next attempt's check refuses; nothing more to record.
-            let _ = self
-                .state
-                .limiter
-                .check(&format!("{scope}:{key}"), per_minute, Spend::Take)
-                .await;
-        }
-    }
-}
-
-fn refresh_expiry(state: &AppState) -> chrono::DateTime<chrono::Utc> {
-    common::now() + state.settings.refresh_token_ttl
-}
-
-fn token_pair(
-    state: &AppState,
-    user: &User,
-    session_id: Uuid,
-    refresh_token: String,
-) -> ApiResult<TokenPair> {
-    Ok(TokenPair {
-        access_token: state.tokens.issue(user.id, user.role, session_id)?,
-        refresh_token,
-        token_type: "bearer",
-        expires_in: state.tokens.ttl().as_secs(),
-    })
-}
-
-/// Records a user-related event. An audit failure is logged, never shown to the client.
-async fn audit(
-    state: &AppState,
-    meta: &RequestMeta,
-    user_id: Option<Uuid>,
-    action: &'static str,
-    object_id: Option<Uuid>,
-    metadata: Option<serde_json::Value>,
-) {
-    crate::routes::record(
-        state,
-        meta,
-        AuditEvent {
-            user_id,
-            action,
-            object_type: Some("user"),
-            object_id: object_id.map(|id| id.to_string()),
-            metadata,
-            ..Default::default()
-        },
-    )
-    .await;
 }

@@ -16,8 +16,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
-use crate::routes::auth::valid_email;
-use crate::routes::{Pagination, check_text, record_change};
+use crate::routes::Pagination;
+use crate::service::access::Scope;
+use crate::service::accounts::valid_email;
+use crate::service::{check_text, record_change};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -61,11 +63,6 @@ struct ListQuery {
     page: Pagination,
     /// A case-insensitive substring of a name, the email or the phone.
     q: Option<String>,
-}
-
-/// Whose clients `user` reaches: only their own for agents, everyone's otherwise.
-pub fn owner_scope(user: &AuthUser) -> Option<Uuid> {
-    (!user.sees_all()).then(|| user.id())
 }
 
 fn check_fields(body: &UpdateBody) -> ApiResult<()> {
@@ -155,7 +152,7 @@ async fn list(
         state
             .db
             .clients()
-            .list(owner_scope(&user), q, limit, offset)
+            .list(Scope::of(&user).owner(), q, limit, offset)
             .await?,
     ))
 }
@@ -171,7 +168,7 @@ async fn read(
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Client>> {
-    visible(&state, &user, id).await.map(Json)
+    Scope::of(&user).client(&state.db, id).await.map(Json)
 }
 
 #[utoipa::path(
@@ -202,7 +199,7 @@ async fn update(
     let client = state
         .db
         .clients()
-        .update(id, owner_scope(&user), patch)
+        .update(id, Scope::of(&user).owner(), patch)
         .await?
         .ok_or_else(not_found)?;
     record_change(&state, &meta, &user, "client_updated", "client", id).await;
@@ -227,7 +224,7 @@ async fn remove(
     let deleted = state
         .db
         .clients()
-        .delete(id, owner_scope(&user))
+        .delete(id, Scope::of(&user).owner())
         .await
         .map_err(|err| match err {
             DbError::ForeignKey(_) => ApiError::conflict(
@@ -245,14 +242,4 @@ async fn remove(
 
 fn not_found() -> ApiError {
     ApiError::not_found("Client not found.")
-}
-
-/// The client, if `user` may see it; 404 otherwise.
-pub async fn visible(state: &AppState, user: &AuthUser, id: Uuid) -> ApiResult<Client> {
-    state
-        .db
-        .clients()
-        .get(id, owner_scope(user))
-        .await?
-        .ok_or_else(not_found)
 }

@@ -17,7 +17,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
-use crate::routes::{Pagination, check_text, record_change};
+use crate::routes::Pagination;
+use crate::service::{check_text, record_change};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -19,8 +19,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
-use crate::routes::clients::owner_scope;
-use crate::routes::{Pagination, check_text, record_change};
+use crate::routes::Pagination;
+use crate::service::access::Scope;
+use crate::service::{check_text, record_change};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -100,7 +101,7 @@ async fn check(state: &AppState, user: &AuthUser, fields: &PolicyFields<'_>) -> 
             "must be three uppercase letters (ISO 4217)",
         ));
     }
-    crate::routes::clients::visible(state, user, fields.client_id).await?;
+    Scope::of(user).client(&state.db, fields.client_id).await?;
     if let Some(company_id) = fields.company_id {
         company_exists(state, company_id).await?;
     }
@@ -178,7 +179,7 @@ async fn list(
 ) -> ApiResult<Json<Page<Policy>>> {
     let (limit, offset) = query.page.checked()?;
     let filter = PolicyFilter {
-        owner_id: owner_scope(&user),
+        owner_id: Scope::of(&user).owner(),
         client_id: query.client_id,
         company_id: query.company_id,
         status: query.status,
@@ -199,7 +200,7 @@ async fn read(
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Policy>> {
-    visible(&state, &user, id).await.map(Json)
+    Scope::of(&user).policy(&state.db, id).await.map(Json)
 }
 
 #[utoipa::path(
@@ -220,7 +221,7 @@ async fn update(
     Path(id): Path<Uuid>,
     Json(body): Json<UpdateBody>,
 ) -> ApiResult<Json<Policy>> {
-    let current = visible(&state, &user, id).await?;
+    let current = Scope::of(&user).policy(&state.db, id).await?;
     let policy_number = body.policy_number.map(|s| s.trim().to_owned());
     let product_name = body.product_name.map(|s| s.trim().to_owned());
     let currency = body.currency.map(|s| s.trim().to_owned());
@@ -262,7 +263,12 @@ async fn remove(
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
-    if !state.db.policies().delete(id, owner_scope(&user)).await? {
+    if !state
+        .db
+        .policies()
+        .delete(id, Scope::of(&user).owner())
+        .await?
+    {
         return Err(not_found());
     }
     record_change(&state, &meta, &user, "policy_deleted", "policy", id).await;
@@ -271,14 +277,4 @@ async fn remove(
 
 fn not_found() -> ApiError {
     ApiError::not_found("Policy not found.")
-}
-
-/// The policy, if `user` may see it (through its client's owner); 404 otherwise.
-pub async fn visible(state: &AppState, user: &AuthUser, id: Uuid) -> ApiResult<Policy> {
-    state
-        .db
-        .policies()
-        .get(id, owner_scope(user))
-        .await?
-        .ok_or_else(not_found)
 }

@@ -10,7 +10,6 @@ use common::db::audit::AuditEvent;
 use common::db::templates::{NewTemplate, TemplatePatch};
 use common::model::{OutputFormat, Role, Template, TemplateOptions, TemplateVersion};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use uuid::Uuid;
 
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -18,7 +17,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
-use crate::routes::{Pagination, check_text};
+use crate::routes::Pagination;
+use crate::service::templates::{
+    Upload, check_content, check_options, store_version, upload_version,
+};
+use crate::service::{self, check_text};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -105,23 +108,6 @@ struct TemplateOut {
     #[serde(flatten)]
     template: Template,
     versions: Vec<TemplateVersion>,
-}
-
-/// Refuses content the renderer cannot parse (HTML templates, XLSX sheet specs), so the
-/// mistake shows when it is saved rather than as a failed document later.
-fn check_content(format: OutputFormat, content: &str) -> ApiResult<()> {
-    let checked = match format {
-        OutputFormat::Xlsx => worker::render::xlsx::check_spec(content),
-        OutputFormat::Html | OutputFormat::Pdf => worker::render::check_syntax(content),
-    };
-    checked.map_err(|e| ApiError::invalid("content", e.to_string()))
-}
-
-/// Refuses page-layout options the PDF engine would not accept (HTML templates may be
-/// rendered to PDF too) or does not know, and returns them as they are stored.
-fn check_options(options: &TemplateOptions) -> ApiResult<TemplateOptions> {
-    worker::render::pdf::canonical_options(options)
-        .map_err(|e| ApiError::invalid("options", e.to_string()))
 }
 
 fn duplicate(err: DbError) -> ApiError {
@@ -311,47 +297,6 @@ async fn add_version(
     Ok((StatusCode::CREATED, Json(version)))
 }
 
-/// Checks `content` against the template's format, stores it as the next version and
-/// records `template_version_created` (with `metadata` and the version number, when
-/// metadata is given).
-async fn store_version(
-    state: &AppState,
-    meta: &RequestMeta,
-    user: &AuthUser,
-    template: &Template,
-    content: &str,
-    source: &str,
-    mut metadata: Option<serde_json::Value>,
-) -> ApiResult<TemplateVersion> {
-    check_content(template.format, content)?;
-    let version = state
-        .db
-        .templates()
-        .add_version(template.id, content, source, user.id())
-        .await
-        .map_err(|e| match e {
-            DbError::ForeignKey(_) => ApiError::not_found("Template not found."),
-            other => other.into(),
-        })?;
-    if let Some(serde_json::Value::Object(fields)) = &mut metadata {
-        fields.insert("version".to_owned(), version.version.into());
-    }
-    crate::routes::record(
-        state,
-        meta,
-        AuditEvent {
-            user_id: Some(user.id()),
-            action: "template_version_created",
-            object_type: Some("template_version"),
-            object_id: Some(version.id.to_string()),
-            metadata,
-            ..Default::default()
-        },
-    )
-    .await;
-    Ok(version)
-}
-
 /// Adds a version from a multipart upload: the `file` part is the content (UTF-8), and an
 /// optional `checksum` part (lowercase or uppercase hex SHA-256) must match it.
 #[utoipa::path(
@@ -373,6 +318,14 @@ async fn upload(
 ) -> ApiResult<impl IntoResponse> {
     user.require(Role::Manager)?;
     let template = find(&state, id).await?;
+    let upload = read_upload(multipart).await?;
+    let version = upload_version(&state, &meta, &user, &template, upload).await?;
+    Ok((StatusCode::CREATED, Json(version)))
+}
+
+/// The parts of an upload form: `file` (its name kept printable and bounded, for the audit
+/// log) and `checksum`.
+async fn read_upload(multipart: Result<Multipart, MultipartRejection>) -> ApiResult<Upload> {
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -380,51 +333,22 @@ async fn upload(
             format!("Send the file as multipart/form-data: {}", e.body_text()),
         )
     })?;
-    let mut file: Option<(Option<String>, bytes::Bytes)> = None;
-    let mut checksum: Option<String> = None;
+    let mut upload = Upload::default();
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name() {
             Some("file") => {
-                // Kept in the audit log: printable and bounded.
-                let filename = field.file_name().map(|name| {
-                    name.chars()
-                        .filter(|c| !c.is_control())
-                        .take(255)
-                        .collect::<String>()
-                });
-                file = Some((filename, field.bytes().await.map_err(multipart_error)?));
+                upload.filename = field
+                    .file_name()
+                    .map(|name| name.chars().filter(|c| !c.is_control()).take(255).collect());
+                upload.file = Some(field.bytes().await.map_err(multipart_error)?);
             }
-            Some("checksum") => checksum = Some(field.text().await.map_err(multipart_error)?),
+            Some("checksum") => {
+                upload.checksum = Some(field.text().await.map_err(multipart_error)?)
+            }
             _ => {}
         }
     }
-    let (filename, bytes) =
-        file.ok_or_else(|| ApiError::invalid("file", "a `file` part is required"))?;
-    // The checksum first: a file damaged on the way is reported as such.
-    if let Some(expected) = checksum {
-        let actual = hex::encode(sha2::Sha256::digest(&bytes));
-        if !expected.trim().eq_ignore_ascii_case(&actual) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "checksum_mismatch",
-                format!("The file's SHA-256 is {actual}, not the checksum sent."),
-            ));
-        }
-    }
-    let content = std::str::from_utf8(&bytes)
-        .map_err(|_| ApiError::invalid("file", "the file must be UTF-8 text"))?;
-    let metadata = serde_json::json!({"source": "upload", "filename": filename});
-    let version = store_version(
-        &state,
-        &meta,
-        &user,
-        &template,
-        content,
-        "upload",
-        Some(metadata),
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(version)))
+    Ok(upload)
 }
 
 /// The multipart form of an upload (for the OpenAPI description; the handler reads the
@@ -496,34 +420,14 @@ async fn audit(
     } else {
         "template"
     };
-    crate::routes::record(
-        state,
-        meta,
-        AuditEvent {
-            user_id: Some(user.id()),
-            action,
-            object_type: Some(object_type),
-            object_id: Some(id.to_string()),
-            ..Default::default()
-        },
-    )
-    .await;
-}
-
-/// What a preview renders when the request gives no context.
-fn sample_context() -> serde_json::Value {
-    serde_json::json!({
-        "example": "Preview",
-        "client": "Jane Doe",
-        "insured": "Jane Doe",
-        "policy_number": "POL-0001",
-        "premium": 125000,
-        "currency": "XAF",
-        "policies": [
-            {"number": "POL-0001", "premium": 125000, "start": "2026-01-01"},
-            {"number": "POL-0002", "premium": 80000, "start": "2026-02-01"}
-        ]
-    })
+    let event = AuditEvent {
+        user_id: Some(user.id()),
+        action,
+        object_type: Some(object_type),
+        object_id: Some(id.to_string()),
+        ..Default::default()
+    };
+    service::record(state, meta, event).await;
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -533,8 +437,8 @@ struct PreviewBody {
     policy_id: Option<Uuid>,
 }
 
-/// Renders a version now, with the request's context or a built-in sample, and answers
-/// the bytes in the template's format. Nothing is stored.
+/// Renders a version now, on a worker, with the request's context or a built-in sample,
+/// and answers the bytes in the template's format. Nothing is kept.
 #[utoipa::path(
     post, path = "/{id}/versions/{version}/preview", tag = "templates", operation_id = "preview_template_version",
     security(("bearer" = [])),
@@ -550,14 +454,16 @@ struct PreviewBody {
                 (Vec<u8> = "application/pdf"),
                 (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
             )),
-        (status = 503, description = "The PDF engine is unavailable; `Retry-After` says when to try again.", body = ErrorBody,
+        (status = 422, description = "The template cannot be rendered (`content`: the reason, as a document would fail).", body = ErrorBody),
+        (status = 503, description = "No worker rendered the preview within 30 s; `Retry-After` says when to try again.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     )
 )]
 async fn preview(
     State(state): State<AppState>,
+    meta: RequestMeta,
     user: AuthUser,
-    Path((id, number)): Path<(Uuid, i32)>,
+    Path(version): Path<(Uuid, i32)>,
     body: axum::body::Bytes,
 ) -> ApiResult<axum::response::Response> {
     user.require(Role::Manager)?;
@@ -569,50 +475,15 @@ async fn preview(
             _ => ApiError::bad_request("malformed_json", "The request body is not valid JSON."),
         })?
     };
-    let parties = match body.policy_id {
-        Some(policy_id) => {
-            crate::routes::policies::visible(&state, &user, policy_id).await?;
-            state.db.policies().parties(policy_id).await?
-        }
-        None => None,
-    };
-    let inline_context = crate::routes::inline_context(body.inline_context, sample_context)?;
-    let template = find(&state, id).await?;
-    let version = state
-        .db
-        .templates()
-        .version(id, number)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Template version not found."))?;
-    let document = serde_json::json!({
-        "id": null,
-        "document_type": template.template_type,
-        "output_format": template.format,
-        "created_at": common::now(),
-    });
-    let context = worker::pipeline::template_context(&inline_context, document, parties.as_ref());
-    let bytes = worker::pipeline::render_bytes(
-        &state.pdf,
-        &state.settings,
-        template.format,
-        Some(version.content),
-        &template.options.0,
-        context,
+    let rendered = crate::service::documents::preview(
+        &state,
+        &meta,
+        &user,
+        version,
+        body.inline_context,
+        body.policy_id,
     )
-    .await
-    .map_err(|e| match e {
-        worker::pipeline::JobError::Permanent(reason) => ApiError::invalid("content", reason),
-        worker::pipeline::JobError::Transient(err) => {
-            tracing::warn!(error = %err, "preview failed");
-            ApiError::unavailable("The renderer is unavailable; try again shortly.", 5)
-        }
-    })?;
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            template.format.mime_type(),
-        )],
-        bytes,
-    )
-        .into_response())
+    .await?;
+    let content_type = [(axum::http::header::CONTENT_TYPE, rendered.mime_type)];
+    Ok((content_type, rendered.bytes).into_response())
 }

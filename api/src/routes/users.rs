@@ -6,10 +6,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::auth::hash_password;
+use common::db::Page;
 use common::db::audit::AuditEvent;
-use common::db::users::{NewUser, UserChanges};
-use common::db::{DbError, Page};
 use common::model::Role;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -20,7 +18,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
 use crate::routes::Pagination;
-use crate::routes::auth::{UserOut, validate_account};
+use crate::service::accounts::{self, NewAccount, UserOut};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -88,30 +86,14 @@ async fn create(
     Json(body): Json<CreateBody>,
 ) -> ApiResult<impl IntoResponse> {
     admin.require(Role::Admin)?;
-    let (email, full_name) = validate_account(
-        &state,
-        &body.email,
-        &body.password,
-        body.full_name.as_deref(),
-    )?;
-    let hash = hash_password(body.password).await?;
-    let user = state
-        .db
-        .users()
-        .create(NewUser {
-            email,
-            full_name,
-            hashed_password: &hash,
-            role: body.role,
-            is_active: body.is_active,
-        })
-        .await
-        .map_err(|e| match e {
-            DbError::Conflict(_) => {
-                ApiError::conflict("email_taken", "This email is already registered.")
-            }
-            other => other.into(),
-        })?;
+    let account = NewAccount {
+        email: &body.email,
+        password: body.password,
+        full_name: body.full_name.as_deref(),
+        role: body.role,
+        is_active: body.is_active,
+    };
+    let user = accounts::create(&state.db, state.settings.password_min_length, account).await?;
     let metadata = serde_json::json!({
         "email": user.email,
         "role": user.role,
@@ -172,76 +154,13 @@ async fn update(
     Json(body): Json<UpdateBody>,
 ) -> ApiResult<Json<UserOut>> {
     admin.require(Role::Admin)?;
-    let before = state
-        .db
-        .users()
-        .find_by_id(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("User not found."))?;
-    // An admin cannot lock themselves out (and so cannot remove the last admin by mistake).
-    if id == admin.id() {
-        if body.is_active == Some(false) {
-            return Err(ApiError::invalid(
-                "is_active",
-                "you cannot deactivate yourself",
-            ));
-        }
-        if body.role.is_some_and(|r| r != Role::Admin) {
-            return Err(ApiError::invalid("role", "you cannot demote yourself"));
-        }
-    }
-    let full_name = match body.full_name {
-        Some(name) => {
-            let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
-            if name.as_ref().is_some_and(|n| n.chars().count() > 255) {
-                return Err(ApiError::invalid(
-                    "full_name",
-                    "must be at most 255 characters long",
-                ));
-            }
-            Some(name)
-        }
-        None => None,
-    };
-    let changes = UserChanges {
-        full_name,
+    let changes = accounts::AccountChanges {
+        full_name: body.full_name,
         role: body.role,
         is_active: body.is_active,
     };
-    let after = state
-        .db
-        .users()
-        .update(id, &changes)
-        .await?
-        .ok_or_else(|| ApiError::not_found("User not found."))?;
-    let mut changed = serde_json::Map::new();
-    if before.full_name != after.full_name {
-        changed.insert(
-            "full_name".into(),
-            serde_json::json!({"from": before.full_name, "to": after.full_name}),
-        );
-    }
-    if before.role != after.role {
-        changed.insert(
-            "role".into(),
-            serde_json::json!({"from": before.role, "to": after.role}),
-        );
-    }
-    if before.is_active != after.is_active {
-        changed.insert(
-            "is_active".into(),
-            serde_json::json!({"from": before.is_active, "to": after.is_active}),
-        );
-    }
-    let mut metadata = serde_json::json!({ "changes": changed });
-    if !after.is_active {
-        // Ends the refresh tokens of a deactivated account; done even when it was already
-        // inactive, in case a session survived an earlier race.
-        let sessions = state.db.sessions().revoke_all(id).await?;
-        metadata["sessions_revoked"] = sessions.into();
-    }
-    audit(&state, &meta, &admin, "user_updated", id, metadata).await;
-    Ok(Json(UserOut::from(after)))
+    let user = accounts::update(&state, &meta, &admin, id, changes).await?;
+    Ok(Json(UserOut::from(user)))
 }
 
 async fn audit(
@@ -252,17 +171,13 @@ async fn audit(
     user_id: Uuid,
     metadata: serde_json::Value,
 ) {
-    crate::routes::record(
-        state,
-        meta,
-        AuditEvent {
-            user_id: Some(admin.id()),
-            action,
-            object_type: Some("user"),
-            object_id: Some(user_id.to_string()),
-            metadata: Some(metadata),
-            ..Default::default()
-        },
-    )
-    .await;
+    let event = AuditEvent {
+        user_id: Some(admin.id()),
+        action,
+        object_type: Some("user"),
+        object_id: Some(user_id.to_string()),
+        metadata: Some(metadata),
+        ..Default::default()
+    };
+    crate::service::record(state, meta, event).await;
 }

@@ -347,6 +347,12 @@ impl TestApp {
             .expect("the worker process starts")
     }
 
+    /// The process ids of the worker processes [`spawn_app`] started.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let workers = self.workers.lock().unwrap();
+        workers.iter().filter_map(Child::id).collect()
+    }
+
     /// Whether the object store (local or S3) holds `key`.
     pub async fn object_exists(&self, key: &str) -> bool {
         match self.state.storage.get(key).await {

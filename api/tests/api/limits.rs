@@ -5,7 +5,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use common::limits::{Limiter, Spend};
-use common::queue::JobQueue;
 
 use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, Backend, TestApp, error_code};
 use crate::{on_both_backends, on_both_backends_with};
@@ -84,10 +83,10 @@ async fn the_eleventh_failed_login_on_an_account_is_refused(app: &TestApp) {
     // its own on the same Redis) sees it too.
     if app.backend == Backend::PostgresRedis {
         assert_eq!(app.state.limiter.backend_name(), "redis");
-        let queue = JobQueue::connect(&app.state.settings).await.unwrap();
-        let JobQueue::Redis { conn, .. } = queue else {
-            panic!("a Redis queue")
-        };
+        let conn = common::queue::connect_redis(&app.state.settings)
+            .await
+            .unwrap()
+            .expect("REDIS_URL is set");
         let replica = Limiter::with_redis(conn, &app.state.settings.queue_name);
         let key = format!("login_account:{ADMIN_EMAIL}");
         assert!(replica.check(&key, 10, Spend::Peek).await.is_err());

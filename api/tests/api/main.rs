@@ -12,6 +12,7 @@ mod formats;
 mod lifecycle;
 mod limits;
 mod ops;
+mod processes;
 mod sessions;
 mod templates;
 mod users;

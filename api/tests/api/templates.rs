@@ -311,6 +311,20 @@ async fn previews_render_without_storing_anything(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(listed["total"], 0, "a preview is not a document");
+    // Each preview was rendered by a worker as a short-lived row, then deleted with its
+    // object once answered.
+    let rows: i64 = common::on_db!(&app.state.db, pool => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM generated_documents")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(rows, 0, "no preview row is left");
+    let objects: Vec<String> = (app.state.storage.list_documents().await.unwrap())
+        .into_iter()
+        .map(|object| object.key)
+        .collect();
+    assert!(objects.is_empty(), "no preview object is left: {objects:?}");
 }
 
 on_both_backends!(uploads_add_checked_versions);

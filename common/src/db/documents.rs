@@ -12,9 +12,10 @@ use super::{Db, DbResult, Page, SqlxResultExt, on_db};
 use crate::model::{Document, DocumentStatus, OutputFormat, Timings};
 
 /// The documents list's filter: `$1` owner, `$2` status, `$3` policy, each optional.
+/// Previews are never listed.
 macro_rules! list_filter {
     () => {
-        "($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR policy_id = $3)"
+        "preview = FALSE AND ($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR policy_id = $3)"
     };
 }
 
@@ -22,7 +23,7 @@ macro_rules! columns {
     () => {
         "id, owner_id, document_type, status, output_format, mime_type, template_version_id, policy_id, \
          inline_context, compress, encrypt, attempts, error, storage_key, size_bytes, stored_bytes, checksum, \
-         timings, request_id, idempotency_key, request_hash, uses_template, created_at, started_at, finished_at, updated_at"
+         timings, request_id, idempotency_key, request_hash, uses_template, preview, created_at, started_at, finished_at, updated_at"
     };
 }
 
@@ -42,6 +43,8 @@ pub struct NewDocument<'a> {
     pub request_hash: Option<&'a str>,
     /// When the reconciler may consider the queued job lost and enqueue it again.
     pub lease_until: DateTime<Utc>,
+    /// A template preview (see the `preview` column).
+    pub preview: bool,
 }
 
 /// Filters of the documents list.
@@ -76,8 +79,8 @@ impl Documents<'_> {
         on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
             "INSERT INTO generated_documents (id, owner_id, document_type, status, output_format, mime_type, \
              template_version_id, policy_id, inline_context, compress, encrypt, attempts, request_id, \
-             idempotency_key, request_hash, lease_until, uses_template, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, 0, $11, $13, $14, $15, $16, $12, $12) RETURNING ",
+             idempotency_key, request_hash, lease_until, uses_template, preview, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, 0, $11, $13, $14, $15, $16, $17, $12, $12) RETURNING ",
             columns!()
         ))
         .bind(Uuid::now_v7())
@@ -96,7 +99,20 @@ impl Documents<'_> {
         .bind(new.request_hash)
         .bind(new.lease_until)
         .bind(new.template_version_id.is_some())
+        .bind(new.preview)
         .fetch_one(pool)
+        .await)
+        .db()
+    }
+
+    /// The document `id`, if `owner` is `None` (whoever may see all) or owns it.
+    pub async fn find(&self, id: Uuid, owner: Option<Uuid>) -> DbResult<Option<Document>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
+            "SELECT ", columns!(), " FROM generated_documents WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
+        ))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
         .await)
         .db()
     }
@@ -297,6 +313,24 @@ impl Documents<'_> {
         on_db!(self.0, pool => sqlx::query_as(
             "SELECT id, storage_key FROM generated_documents \
              WHERE created_at < $1 AND status IN ('ready', 'failed') ORDER BY created_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+        .db()
+    }
+
+    /// Up to `limit` previews created before `before`, with their object keys: previews
+    /// whose requester never came back for them (the API was stopped while waiting).
+    pub async fn stale_previews(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> DbResult<Vec<(Uuid, Option<String>)>> {
+        on_db!(self.0, pool => sqlx::query_as(
+            "SELECT id, storage_key FROM generated_documents \
+             WHERE preview AND created_at < $1 ORDER BY created_at LIMIT $2",
         )
         .bind(before)
         .bind(limit)

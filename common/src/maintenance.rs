@@ -1,11 +1,15 @@
 //! Housekeeping the workers do on a timer (and admins on demand): finding lost jobs,
-//! removing orphaned objects, applying the retention period.
+//! removing orphaned objects, sweeping abandoned previews, applying the retention period.
+//!
+//! Here rather than in the worker because the API runs one of them too (an admin's
+//! `POST /documents/purge-orphans`), and each needs only the database, the queue and the
+//! object store.
 
 use std::time::Duration;
 
-use common::Db;
-use common::queue::{JobQueue, RenderJob};
-use common::storage::{self, Storage};
+use crate::Db;
+use crate::queue::{JobQueue, RenderJob};
+use crate::storage::{self, Storage};
 use serde::Serialize;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -21,7 +25,7 @@ pub async fn reconcile(db: &Db, queue: &JobQueue, queued_lease: Duration) -> any
     loop {
         let expired = db
             .documents()
-            .take_expired(common::now() + queued_lease, 500)
+            .take_expired(crate::now() + queued_lease, 500)
             .await?;
         if expired.is_empty() {
             return Ok(total);
@@ -52,7 +56,7 @@ pub struct PurgeReport {
 /// Deletes objects no document row points to, and marks failed the ready documents whose
 /// object vanished.
 pub async fn purge_orphans(db: &Db, storage: &Storage) -> anyhow::Result<PurgeReport> {
-    let listed_at = common::now();
+    let listed_at = crate::now();
     let objects = storage.list_documents().await?;
     let mut report = PurgeReport::default();
     let mut present = std::collections::HashSet::new();
@@ -91,9 +95,32 @@ pub async fn purge_orphans(db: &Db, storage: &Storage) -> anyhow::Result<PurgeRe
     Ok(report)
 }
 
+/// How long a preview may stay: the API deletes each once answered, so an older one was
+/// abandoned (its API stopped while waiting).
+const PREVIEW_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Deletes abandoned previews, rows and objects. Returns how many.
+pub async fn sweep_previews(db: &Db, storage: &Storage) -> anyhow::Result<usize> {
+    let before = crate::now() - PREVIEW_LIFETIME;
+    let mut total = 0;
+    loop {
+        let batch = db.documents().stale_previews(before, 500).await?;
+        if batch.is_empty() {
+            return Ok(total);
+        }
+        for (id, key) in batch {
+            if let Some(key) = key {
+                storage.delete(&key).await?;
+            }
+            db.documents().delete(id).await?;
+            total += 1;
+        }
+    }
+}
+
 /// Deletes the finished documents (rows and objects) older than `days`. Returns how many.
 pub async fn apply_retention(db: &Db, storage: &Storage, days: u32) -> anyhow::Result<usize> {
-    let before = common::now() - chrono::Duration::days(i64::from(days));
+    let before = crate::now() - chrono::Duration::days(i64::from(days));
     let mut total = 0;
     loop {
         let batch = db.documents().created_before(before, 500).await?;

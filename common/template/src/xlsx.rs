@@ -67,7 +67,7 @@ use rust_xlsxwriter::{
 };
 use serde::Deserialize;
 
-use super::RenderError;
+use crate::RenderError;
 
 /// Rows per worksheet, title, header and totals included.
 const EXCEL_MAX_ROWS: usize = 1_048_576;

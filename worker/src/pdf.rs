@@ -25,19 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, Command};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::RenderError;
-
-const DEFAULT_MARGIN_MM: f64 = 15.0;
-const MAX_MARGIN_MM: f64 = 100.0;
-/// In the order of `-T -R -B -L`, which is also the order of `PdfOptions::margins_mm`.
-const MARGIN_OPTIONS: [&str; 4] = ["margin_top", "margin_right", "margin_bottom", "margin_left"];
+use template::layout::PageLayout;
 
 /// On every job line. `--proxy` to a closed port is what stops network fetches:
 /// `--disable-local-file-access` alone let an `<img src="http://…">` connect (measured).
@@ -55,221 +49,6 @@ const RETIRE_GRACE: Duration = Duration::from_secs(5);
 const TAIL_LINES: usize = 8;
 /// A stderr line is cut here: a template with huge URLs must not grow our memory.
 const MAX_LINE_BYTES: usize = 4096;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PageSize {
-    A3,
-    A4,
-    A5,
-    Letter,
-    Legal,
-}
-
-impl PageSize {
-    const ALL: [PageSize; 5] = [
-        PageSize::A3,
-        PageSize::A4,
-        PageSize::A5,
-        PageSize::Letter,
-        PageSize::Legal,
-    ];
-
-    /// Both the name templates use and the one `-s` takes.
-    fn name(self) -> &'static str {
-        match self {
-            PageSize::A3 => "A3",
-            PageSize::A4 => "A4",
-            PageSize::A5 => "A5",
-            PageSize::Letter => "Letter",
-            PageSize::Legal => "Legal",
-        }
-    }
-
-    /// Width and height in portrait, in millimetres.
-    fn portrait_mm(self) -> (f64, f64) {
-        match self {
-            PageSize::A3 => (297.0, 420.0),
-            PageSize::A4 => (210.0, 297.0),
-            PageSize::A5 => (148.0, 210.0),
-            PageSize::Letter => (215.9, 279.4),
-            PageSize::Legal => (215.9, 355.6),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Orientation {
-    Portrait,
-    Landscape,
-}
-
-/// Page layout from a template's options. Built only by [`PdfOptions::from_template_options`]
-/// or [`Default`], so every value that reaches a job line has been validated: wkhtmltopdf
-/// exits on an argument it cannot parse, which would cost a process per bad template.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PdfOptions {
-    page_size: PageSize,
-    orientation: Orientation,
-    /// Top, right, bottom, left, in millimetres.
-    margins_mm: [f64; 4],
-}
-
-impl Default for PdfOptions {
-    /// A4 portrait with 15 mm margins.
-    fn default() -> Self {
-        Self {
-            page_size: PageSize::A4,
-            orientation: Orientation::Portrait,
-            margins_mm: [DEFAULT_MARGIN_MM; 4],
-        }
-    }
-}
-
-impl PdfOptions {
-    /// Reads `page_size` (A4 default; A3, A5, Letter, Legal, any case), `orientation`
-    /// (`portrait` default, `landscape`), and margins in millimetres: `margin_mm` for all
-    /// four, then `margin_top`/`margin_right`/`margin_bottom`/`margin_left` for one each
-    /// (15 by default). Other keys belong to other formats and are ignored; a `null` value
-    /// counts as unset. An invalid value is refused with a message naming its option.
-    pub fn from_template_options(options: &Map<String, Value>) -> Result<Self, RenderError> {
-        let mut parsed = Self::default();
-        if let Some(value) = option(options, "page_size") {
-            parsed.page_size = value
-                .as_str()
-                .and_then(|name| {
-                    PageSize::ALL
-                        .into_iter()
-                        .find(|size| size.name().eq_ignore_ascii_case(name.trim()))
-                })
-                .ok_or_else(|| {
-                    invalid(
-                        "page_size",
-                        format!("{value} is not one of A3, A4, A5, Letter, Legal"),
-                    )
-                })?;
-        }
-        if let Some(value) = option(options, "orientation") {
-            parsed.orientation = match value.as_str().map(|s| s.trim().to_ascii_lowercase()) {
-                Some(s) if s == "portrait" => Orientation::Portrait,
-                Some(s) if s == "landscape" => Orientation::Landscape,
-                _ => {
-                    return Err(invalid(
-                        "orientation",
-                        format!("{value} is neither \"portrait\" nor \"landscape\""),
-                    ));
-                }
-            };
-        }
-        if let Some(value) = option(options, "margin_mm") {
-            parsed.margins_mm = [margin("margin_mm", value)?; 4];
-        }
-        for (slot, name) in parsed.margins_mm.iter_mut().zip(MARGIN_OPTIONS) {
-            if let Some(value) = option(options, name) {
-                *slot = margin(name, value)?;
-            }
-        }
-
-        let (width, height) = parsed.page_mm();
-        let [top, right, bottom, left] = parsed.margins_mm;
-        if left + right >= width {
-            return Err(invalid(
-                "margin_left/margin_right",
-                format!("{left} + {right} mm leave no room on a page {width} mm wide"),
-            ));
-        }
-        if top + bottom >= height {
-            return Err(invalid(
-                "margin_top/margin_bottom",
-                format!("{top} + {bottom} mm leave no room on a page {height} mm high"),
-            ));
-        }
-        Ok(parsed)
-    }
-
-    fn page_mm(&self) -> (f64, f64) {
-        let (width, height) = self.page_size.portrait_mm();
-        match self.orientation {
-            Orientation::Portrait => (width, height),
-            Orientation::Landscape => (height, width),
-        }
-    }
-
-    /// The layout part of a job line.
-    fn args(&self) -> String {
-        let orientation = match self.orientation {
-            Orientation::Portrait => "Portrait",
-            Orientation::Landscape => "Landscape",
-        };
-        let [top, right, bottom, left] = self.margins_mm;
-        format!(
-            "-s {} -O {orientation} -T {top}mm -R {right}mm -B {bottom}mm -L {left}mm",
-            self.page_size.name()
-        )
-    }
-}
-
-/// Every name a template's `options` may use.
-pub const OPTION_NAMES: [&str; 7] = [
-    "page_size",
-    "orientation",
-    "margin_mm",
-    "margin_top",
-    "margin_right",
-    "margin_bottom",
-    "margin_left",
-];
-
-/// Checks a template's `options` and returns them as they should be stored: known names
-/// only (an unknown one is refused, so a typo does not pass unnoticed), nulls dropped,
-/// the page size and orientation spelled as documented (`a4 ` is stored `A4`), margins
-/// rounded as they will be used (a margin of 1e-300 mm is stored as 0).
-pub fn canonical_options(options: &Map<String, Value>) -> Result<Map<String, Value>, RenderError> {
-    if let Some(unknown) = options.keys().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
-        return Err(invalid(
-            unknown,
-            format!("is not an option (they are {})", OPTION_NAMES.join(", ")),
-        ));
-    }
-    let parsed = PdfOptions::from_template_options(options)?;
-    options
-        .iter()
-        .filter(|(_, value)| !value.is_null())
-        .map(|(name, value)| {
-            let value = match name.as_str() {
-                "page_size" => Value::from(parsed.page_size.name()),
-                "orientation" => Value::from(match parsed.orientation {
-                    Orientation::Portrait => "portrait",
-                    Orientation::Landscape => "landscape",
-                }),
-                _ => Value::from(margin(name, value)?),
-            };
-            Ok((name.clone(), value))
-        })
-        .collect()
-}
-
-fn option<'a>(options: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    options.get(name).filter(|value| !value.is_null())
-}
-
-fn margin(name: &str, value: &Value) -> Result<f64, RenderError> {
-    value
-        .as_f64()
-        .filter(|mm| (0.0..=MAX_MARGIN_MM).contains(mm))
-        // Nothing finer than a hundredth of a millimetre can show on paper, and rounding
-        // keeps the argument short (1e-300 would otherwise print as 300 digits).
-        .map(|mm| (mm * 100.0).round() / 100.0)
-        .ok_or_else(|| {
-            invalid(
-                name,
-                format!("{value} is not a number of millimetres from 0 to {MAX_MARGIN_MM}"),
-            )
-        })
-}
-
-fn invalid(name: &str, why: String) -> RenderError {
-    RenderError::InvalidSpec(format!("PDF option {name}: {why}"))
-}
 
 /// How to run the pool.
 pub struct PdfConfig {
@@ -341,7 +120,7 @@ impl PdfEngine {
 
     /// Renders one HTML document, waiting for a free process first. The document gets a
     /// private directory, removed when this returns.
-    pub async fn render(&self, html: &str, options: &PdfOptions) -> Result<Vec<u8>, PdfError> {
+    pub async fn render(&self, html: &str, options: &PageLayout) -> Result<Vec<u8>, PdfError> {
         let inner = &*self.inner;
         let _permit = inner.permits.acquire().await.map_err(|_| stopped())?;
         if *inner.stopping.borrow() {
@@ -483,10 +262,24 @@ fn describe_exit(status: Option<ExitStatus>) -> String {
 }
 
 /// One document's arguments, newline-terminated.
-fn job_line(options: &PdfOptions, input: &Path, output: &Path) -> Result<String, PdfError> {
+/// The layout part of a job line.
+fn layout_args(layout: &PageLayout) -> String {
+    let orientation = if layout.landscape() {
+        "Landscape"
+    } else {
+        "Portrait"
+    };
+    let [top, right, bottom, left] = layout.margins_mm();
+    format!(
+        "-s {} -O {orientation} -T {top}mm -R {right}mm -B {bottom}mm -L {left}mm",
+        layout.page_size()
+    )
+}
+
+fn job_line(options: &PageLayout, input: &Path, output: &Path) -> Result<String, PdfError> {
     Ok(format!(
         "{HARDENING} {} --no-outline {} {}\n",
-        options.args(),
+        layout_args(options),
         line_safe(input)?,
         line_safe(output)?
     ))
@@ -752,26 +545,6 @@ impl StderrLines {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_openapi_description_names_every_option() {
-        use utoipa::PartialSchema;
-        let schema = serde_json::to_value(common::model::LayoutOptions::schema()).unwrap();
-        let mut described: Vec<&str> = schema["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        described.sort_unstable();
-        let mut known = super::OPTION_NAMES.to_vec();
-        known.sort_unstable();
-        assert_eq!(described, known);
-        assert_eq!(
-            super::MAX_MARGIN_MM,
-            100.0,
-            "the description says 100 mm at most"
-        );
-    }
 
     use super::*;
     use serde_json::json;
@@ -804,11 +577,11 @@ mod tests {
         }
     }
 
-    fn options(value: Value) -> Result<PdfOptions, RenderError> {
-        let Value::Object(map) = value else {
+    fn options(value: serde_json::Value) -> Result<PageLayout, template::RenderError> {
+        let serde_json::Value::Object(map) = value else {
             panic!("not an object: {value}")
         };
-        PdfOptions::from_template_options(&map)
+        PageLayout::from_template_options(&map)
     }
 
     /// Runs a poppler tool on the PDF and returns its stdout.
@@ -882,9 +655,9 @@ mod tests {
     #[test]
     fn options_default_to_a4_portrait_with_15_mm_margins() {
         let parsed = options(json!({"format": "pdf", "compress": true})).unwrap();
-        assert_eq!(parsed, PdfOptions::default());
+        assert_eq!(parsed, PageLayout::default());
         assert_eq!(
-            parsed.args(),
+            layout_args(&parsed),
             "-s A4 -O Portrait -T 15mm -R 15mm -B 15mm -L 15mm"
         );
     }
@@ -897,51 +670,19 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            parsed.args(),
+            layout_args(&parsed),
             "-s Letter -O Landscape -T 22.5mm -R 10mm -B 10mm -L 10mm"
         );
         assert_eq!(
-            options(json!({"page_size": "A5", "margin_right": 0}))
-                .unwrap()
-                .args(),
+            layout_args(&options(json!({"page_size": "A5", "margin_right": 0})).unwrap()),
             "-s A5 -O Portrait -T 15mm -R 0mm -B 15mm -L 15mm"
         );
     }
 
     #[test]
-    fn invalid_options_are_refused_naming_the_option() {
-        for (value, option) in [
-            (json!({"page_size": "B5"}), "page_size"),
-            (json!({"page_size": 4}), "page_size"),
-            (json!({"orientation": "sideways"}), "orientation"),
-            (json!({"margin_mm": "15mm"}), "margin_mm"),
-            (json!({"margin_top": -1}), "margin_top"),
-            (json!({"margin_bottom": 101}), "margin_bottom"),
-            (
-                json!({"margin_left": 80, "margin_right": 80, "page_size": "A5"}),
-                "margin_left/margin_right",
-            ),
-            (
-                json!({"margin_mm": 75, "orientation": "landscape", "page_size": "A5"}),
-                "margin_top/margin_bottom",
-            ),
-        ] {
-            let error = options(value.clone()).unwrap_err();
-            assert!(
-                matches!(error, RenderError::InvalidSpec(_)),
-                "{value}: {error}"
-            );
-            assert!(
-                error.to_string().contains(&format!("PDF option {option}:")),
-                "{value}: {error}"
-            );
-        }
-    }
-
-    #[test]
     fn the_job_line_carries_the_hardening_and_the_layout() {
         let line = job_line(
-            &PdfOptions::default(),
+            &PageLayout::default(),
             Path::new("/tmp/monassurance-pdf-x/in.html"),
             Path::new("/tmp/monassurance-pdf-x/out.pdf"),
         )
@@ -965,7 +706,7 @@ mod tests {
             "/tmp/a\nb",
         ] {
             let error = job_line(
-                &PdfOptions::default(),
+                &PageLayout::default(),
                 Path::new(path),
                 Path::new("/tmp/out.pdf"),
             )
@@ -989,7 +730,7 @@ mod tests {
     async fn renders_a_one_page_invoice() {
         let engine = PdfEngine::new(config(1));
         let pdf = engine
-            .render(INVOICE, &PdfOptions::default())
+            .render(INVOICE, &PageLayout::default())
             .await
             .unwrap();
         assert_invoice(&pdf);
@@ -1001,7 +742,7 @@ mod tests {
     async fn landscape_and_portrait_a4_differ_in_page_size() {
         let engine = PdfEngine::new(config(1));
         let portrait = engine
-            .render(INVOICE, &PdfOptions::default())
+            .render(INVOICE, &PageLayout::default())
             .await
             .unwrap();
         let landscape = engine
@@ -1077,7 +818,7 @@ mod tests {
 </body></html>"#
         );
         let engine = PdfEngine::new(config(1));
-        let pdf = engine.render(&html, &PdfOptions::default()).await.unwrap();
+        let pdf = engine.render(&html, &PageLayout::default()).await.unwrap();
 
         // Fetches are asynchronous inside wkhtmltopdf: give a late one a moment to land.
         for _ in 0..50 {
@@ -1117,7 +858,7 @@ mod tests {
     async fn twenty_renders_are_served_by_one_warm_process() {
         let engine = PdfEngine::new(config(1));
         engine
-            .render(INVOICE, &PdfOptions::default())
+            .render(INVOICE, &PageLayout::default())
             .await
             .unwrap();
         let first = engine.idle_pids();
@@ -1125,7 +866,7 @@ mod tests {
         for _ in 1..20 {
             assert_invoice(
                 &engine
-                    .render(INVOICE, &PdfOptions::default())
+                    .render(INVOICE, &PageLayout::default())
                     .await
                     .unwrap(),
             );
@@ -1145,7 +886,7 @@ mod tests {
         for _ in 0..7 {
             assert_invoice(
                 &engine
-                    .render(INVOICE, &PdfOptions::default())
+                    .render(INVOICE, &PageLayout::default())
                     .await
                     .unwrap(),
             );
@@ -1166,14 +907,14 @@ mod tests {
             ..config(1)
         });
         engine
-            .render(INVOICE, &PdfOptions::default())
+            .render(INVOICE, &PageLayout::default())
             .await
             .unwrap();
         let [slow_pid] = engine.idle_pids()[..] else {
             panic!("one idle process expected")
         };
         let error = engine
-            .render(&slow_html(), &PdfOptions::default())
+            .render(&slow_html(), &PageLayout::default())
             .await
             .unwrap_err();
         assert!(
@@ -1188,7 +929,7 @@ mod tests {
 
         assert_invoice(
             &engine
-                .render(INVOICE, &PdfOptions::default())
+                .render(INVOICE, &PageLayout::default())
                 .await
                 .unwrap(),
         );
@@ -1204,7 +945,7 @@ mod tests {
             ..config(1)
         });
         let error = engine
-            .render(INVOICE, &PdfOptions::default())
+            .render(INVOICE, &PageLayout::default())
             .await
             .unwrap_err();
         assert!(matches!(error, PdfError::Timeout(_)), "{error}");
@@ -1217,7 +958,7 @@ mod tests {
         let engine = PdfEngine::new(config(2));
         let renders = (0..6).map(|_| {
             let engine = engine.clone();
-            tokio::spawn(async move { engine.render(INVOICE, &PdfOptions::default()).await })
+            tokio::spawn(async move { engine.render(INVOICE, &PageLayout::default()).await })
         });
         for result in futures::future::join_all(renders).await {
             assert_invoice(&result.unwrap().unwrap());
@@ -1232,7 +973,7 @@ mod tests {
     async fn a_process_killed_mid_job_is_an_engine_error_and_is_replaced() {
         let engine = PdfEngine::new(config(1));
         engine
-            .render(INVOICE, &PdfOptions::default())
+            .render(INVOICE, &PageLayout::default())
             .await
             .unwrap();
         let [pid] = engine.idle_pids()[..] else {
@@ -1240,7 +981,7 @@ mod tests {
         };
         let busy = tokio::spawn({
             let engine = engine.clone();
-            async move { engine.render(&slow_html(), &PdfOptions::default()).await }
+            async move { engine.render(&slow_html(), &PageLayout::default()).await }
         });
         for _ in 0..500 {
             if engine.idle_pids().is_empty() {
@@ -1262,7 +1003,7 @@ mod tests {
         assert_eq!(engine.restarts(), 1);
         assert_invoice(
             &engine
-                .render(INVOICE, &PdfOptions::default())
+                .render(INVOICE, &PageLayout::default())
                 .await
                 .unwrap(),
         );
@@ -1274,7 +1015,7 @@ mod tests {
     async fn an_idle_process_that_died_is_replaced_before_use() {
         let engine = PdfEngine::new(config(1));
         engine
-            .render(INVOICE, &PdfOptions::default())
+            .render(INVOICE, &PageLayout::default())
             .await
             .unwrap();
         let [pid] = engine.idle_pids()[..] else {
@@ -1285,7 +1026,7 @@ mod tests {
 
         assert_invoice(
             &engine
-                .render(INVOICE, &PdfOptions::default())
+                .render(INVOICE, &PageLayout::default())
                 .await
                 .unwrap(),
         );
@@ -1307,7 +1048,7 @@ mod tests {
         });
         for attempt in 1..=2 {
             let error = engine
-                .render(INVOICE, &PdfOptions::default())
+                .render(INVOICE, &PageLayout::default())
                 .await
                 .unwrap_err();
             let PdfError::Engine(message) = &error else {
@@ -1324,7 +1065,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn shutdown_kills_every_process_and_refuses_later_renders() {
         let engine = PdfEngine::new(config(2));
-        let layout = PdfOptions::default();
+        let layout = PageLayout::default();
         let (a, b) = tokio::join!(
             engine.render(INVOICE, &layout),
             engine.render(INVOICE, &layout)
@@ -1341,7 +1082,7 @@ mod tests {
             );
         }
         let error = engine
-            .render(INVOICE, &PdfOptions::default())
+            .render(INVOICE, &PageLayout::default())
             .await
             .unwrap_err();
         assert!(error.to_string().contains("shut down"), "{error}");
@@ -1354,6 +1095,6 @@ mod tests {
         fn sendable<T: Send>(_: &T) {}
         let engine = PdfEngine::new(config(1));
         shared(&engine);
-        sendable(&engine.render("", &PdfOptions::default()));
+        sendable(&engine.render("", &PageLayout::default()));
     }
 }

@@ -1,12 +1,23 @@
-//! Turning a template and a context into document bytes: HTML here, PDF in [`pdf`],
-//! XLSX in [`xlsx`].
+//! What a template is, shared by the API (which checks templates when they are saved)
+//! and the workers (which render them).
+//!
+//! # Layout
+//! - this module: [`RenderError`], the readable reason a template cannot be rendered;
+//!   HTML rendering with minijinja ([`render_html`]) and its parse-only check
+//!   ([`check_syntax`]); the built-in layout ([`BUILTIN_HTML`]).
+//! - [`layout`]: a PDF's page layout from a template's `options`.
+//! - [`xlsx`]: sheet specs, checked ([`xlsx::check_spec`]) and rendered to workbooks.
+//!
+//! No engine and no I/O here: the wkhtmltopdf pool, storage and the database belong to the
+//! worker. The API links this crate for its checks only; rendering happens in workers
+//! (previews too: they are rendered by a worker as a short-lived document).
 //!
 //! Templates are minijinja (Jinja2 syntax, as the original product used). HTML output is
 //! auto-escaped whatever the template's name, so a client's name containing `<script>`
 //! prints as text. Every render gets a fuel budget: a runaway loop runs out of fuel and
 //! fails its job with a readable reason instead of spinning a worker forever.
 
-pub mod pdf;
+pub mod layout;
 pub mod xlsx;
 
 use minijinja::{AutoEscape, Environment, ErrorKind, Value};
@@ -40,6 +51,8 @@ pub enum RenderError {
     Runtime(String),
     #[error("invalid sheet spec: {0}")]
     InvalidSpec(String),
+    #[error("invalid page layout: {0}")]
+    InvalidLayout(String),
     #[error("the rendered document is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
 }
