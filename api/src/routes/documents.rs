@@ -6,6 +6,10 @@
 //! `GET /documents/{id}` until `ready` or `failed`. Agents see their own documents;
 //! managers and admins see all. A document another agent owns answers 404, not 403, so
 //! ids do not reveal what exists.
+//!
+//! The rules are [`crate::service::documents`]'s; this module reads the HTTP parts
+//! (`Prefer: wait`, `Idempotency-Key`, a signed link or a bearer token) and writes the
+//! answer (status, `Location`, `ETag`, download headers).
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
