@@ -283,7 +283,9 @@ mod tests {
                 "{value}: {error}"
             );
             assert!(
-                error.to_string().contains(&format!("PDF option {option}:")),
+                error
+                    .to_string()
+                    .starts_with(&format!("invalid page layout: PDF option {option}:")),
                 "{value}: {error}"
             );
         }
