@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use common::db::policies::{PolicyFields, PolicyFilter};
+use common::db::policies::{PolicyFields, PolicyFilter, PolicyPatch};
 use common::db::{DbError, Page};
 use common::model::{Policy, PolicyStatus};
 use serde::Deserialize;
@@ -236,10 +236,21 @@ async fn update(
         currency: currency.as_deref().unwrap_or(&current.currency),
     };
     check(&state, &user, &fields).await?;
+    let patch = PolicyPatch {
+        policy_number: policy_number.as_deref(),
+        client_id: body.client_id,
+        company_id: body.company_id,
+        product_name: product_name.as_deref(),
+        premium_amount: body.premium_amount,
+        effective_date: body.effective_date,
+        expiry_date: body.expiry_date,
+        status: body.status,
+        currency: currency.as_deref(),
+    };
     let policy = state
         .db
         .policies()
-        .update(id, fields)
+        .update(id, owner_scope(&user), patch)
         .await
         .map_err(write_error)?
         .ok_or_else(not_found)?;

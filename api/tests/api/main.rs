@@ -14,4 +14,5 @@ mod limits;
 mod ops;
 mod sessions;
 mod templates;
+mod updates;
 mod users;
