@@ -7,10 +7,10 @@ use axum::response::IntoResponse;
 use common::auth::{
     dummy_password_hash, hash_password, new_refresh_token, refresh_token_hash, verify_password,
 };
-use common::db::DbError;
 use common::db::audit::AuditEvent;
 use common::db::sessions::{ClientInfo, RotateOutcome};
 use common::db::users::NewUser;
+use common::db::{Constraint, DbResultExt};
 use common::limits::Spend;
 use common::model::{Role, Session, User};
 use serde::{Deserialize, Serialize};
@@ -152,11 +152,8 @@ async fn register(
             is_active: true,
         })
         .await
-        .map_err(|e| match e {
-            DbError::Conflict(_) => {
-                ApiError::conflict("email_taken", "This email is already registered.")
-            }
-            other => other.into(),
+        .on_constraint(Constraint::UsersEmailKey, |_| {
+            ApiError::conflict("email_taken", "This email is already registered.")
         })?;
     audit(
         &state,

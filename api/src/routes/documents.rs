@@ -271,7 +271,7 @@ async fn insert_and_enqueue(
         .await;
     let doc = match created {
         Ok(doc) => doc,
-        Err(common::db::DbError::Conflict(_)) if pending.idempotency_key.is_some() => {
+        Err(err) if err.is(common::db::Constraint::UqGeneratedDocumentsIdempotency) => {
             return Ok(None);
         }
         Err(err) => return Err(err.into()),

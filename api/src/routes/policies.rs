@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use common::db::policies::{PolicyFields, PolicyFilter, PolicyPatch};
-use common::db::{DbError, Page};
+use common::db::{Constraint, DbError, Page};
 use common::model::{Policy, PolicyStatus};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -114,15 +114,20 @@ async fn company_exists(state: &AppState, id: Uuid) -> ApiResult<()> {
     }
 }
 
-/// Maps the database's refusals: a duplicate number, or a client or company deleted
-/// between the checks and the write.
+/// Maps the database's refusals: a duplicate number, a client or company deleted between
+/// the checks and the write, or dates that a concurrent update made invalid together.
 fn write_error(err: DbError) -> ApiError {
-    match err {
-        DbError::Conflict(_) => {
+    match err.constraint() {
+        Some(Constraint::PoliciesPolicyNumberKey) => {
             ApiError::conflict("policy_exists", "A policy with this number already exists.")
         }
-        DbError::ForeignKey(_) => ApiError::not_found("Client or company not found."),
-        other => other.into(),
+        Some(Constraint::PoliciesClientIdFkey | Constraint::PoliciesCompanyIdFkey) => {
+            ApiError::not_found("Client or company not found.")
+        }
+        Some(Constraint::PoliciesCheck) => {
+            ApiError::invalid("expiry_date", "must be after effective_date")
+        }
+        _ => err.into(),
     }
 }
 

@@ -4,10 +4,10 @@ use axum::extract::State;
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::db::DbError;
 use common::db::Page;
 use common::db::audit::AuditEvent;
 use common::db::templates::{NewTemplate, TemplatePatch};
+use common::db::{Constraint, DbError, DbResultExt};
 use common::model::{OutputFormat, Role, Template, TemplateOptions, TemplateVersion};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -125,12 +125,12 @@ fn check_options(options: &TemplateOptions) -> ApiResult<TemplateOptions> {
 }
 
 fn duplicate(err: DbError) -> ApiError {
-    match err {
-        DbError::Conflict(_) => ApiError::conflict(
+    match err.constraint() {
+        Some(Constraint::UqTemplateNameTypeScope) => ApiError::conflict(
             "template_exists",
             "A template with this name, type and scope already exists.",
         ),
-        other => other.into(),
+        _ => err.into(),
     }
 }
 
@@ -329,9 +329,8 @@ async fn store_version(
         .templates()
         .add_version(template.id, content, source, user.id())
         .await
-        .map_err(|e| match e {
-            DbError::ForeignKey(_) => ApiError::not_found("Template not found."),
-            other => other.into(),
+        .on_constraint(Constraint::TemplateVersionsTemplateIdFkey, |_| {
+            ApiError::not_found("Template not found.")
         })?;
     if let Some(serde_json::Value::Object(fields)) = &mut metadata {
         fields.insert("version".to_owned(), version.version.into());

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use common::auth::hash_password;
 use common::db::audit::AuditEvent;
 use common::db::users::{NewUser, UserChanges};
-use common::db::{DbError, Page};
+use common::db::{Constraint, DbResultExt, Page};
 use common::model::Role;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -106,11 +106,8 @@ async fn create(
             is_active: body.is_active,
         })
         .await
-        .map_err(|e| match e {
-            DbError::Conflict(_) => {
-                ApiError::conflict("email_taken", "This email is already registered.")
-            }
-            other => other.into(),
+        .on_constraint(Constraint::UsersEmailKey, |_| {
+            ApiError::conflict("email_taken", "This email is already registered.")
         })?;
     let metadata = serde_json::json!({
         "email": user.email,

@@ -1,5 +1,7 @@
 //! Partial updates are one statement each: updates of different fields of one company,
-//! client, template or policy that run at the same time all stay.
+//! client, template or policy that run at the same time all stay, and two policy updates
+//! that are each valid but together would put the expiry before the effective date cannot
+//! both succeed.
 //!
 //! Each scenario runs rounds; in each, one request per field changes that field at the same
 //! time as the others change theirs, and then every field must show its new value. An
@@ -10,7 +12,7 @@ use futures::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, error_code};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -18,6 +20,7 @@ on_both_backends!(
     concurrent_client_updates_all_stay,
     concurrent_template_updates_all_stay,
     concurrent_policy_updates_all_stay,
+    concurrent_policy_dates_stay_ordered,
 );
 
 /// How many times each scenario repeats its concurrent requests.
@@ -233,5 +236,62 @@ async fn concurrent_policy_updates_all_stay(app: &TestApp) {
         ];
         let policy = update_concurrently(app, Method::PUT, &path, &admin, &bodies).await;
         assert_all_applied(&policy, &bodies, round);
+    }
+}
+
+/// Two updates, each valid on the policy they read — one moves the effective date past
+/// where the other moves the expiry — run at once: one succeeds and the other is refused,
+/// whether the handler's own check or the table's catches it, and the stored policy keeps
+/// its expiry after its effective date.
+async fn concurrent_policy_dates_stay_ordered(app: &TestApp) {
+    let admin = app.admin().await.access_token;
+    let (client_id, _) = policy_parties(app, &admin).await;
+    let policy = created(
+        app,
+        "/api/v1/policies",
+        &admin,
+        json!({
+            "policy_number": "POL-1",
+            "client_id": client_id,
+            "product_name": "Auto",
+            "premium_amount": 1000,
+            "effective_date": day(0),
+            "expiry_date": day(100),
+        }),
+    )
+    .await;
+    let path = format!("/api/v1/policies/{}", policy["id"].as_str().unwrap());
+    let initial = json!({"effective_date": day(0), "expiry_date": day(100)});
+    let later_start = json!({"effective_date": day(60)});
+    let earlier_end = json!({"expiry_date": day(30)});
+    for round in 0..ROUNDS {
+        let res = send(app, Method::PUT, &path, &admin, &initial).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let answers = join_all(
+            [&later_start, &earlier_end].map(|body| send(app, Method::PUT, &path, &admin, body)),
+        )
+        .await;
+        let mut applied = Vec::new();
+        for (res, body) in answers.into_iter().zip([&later_start, &earlier_end]) {
+            match res.status() {
+                StatusCode::OK => applied.push(body),
+                StatusCode::UNPROCESSABLE_ENTITY => {
+                    assert_eq!(error_code(res).await, "validation_error");
+                }
+                other => panic!("round {round}: {body} answered {other}"),
+            }
+        }
+        assert_eq!(
+            applied.len(),
+            1,
+            "round {round}: exactly one of the two updates may succeed, not {applied:?}"
+        );
+        let stored: Value = app.get(&path, Some(&admin)).await.json().await.unwrap();
+        assert_all_applied(&stored, &[applied[0].clone()], round);
+        let effective: chrono::DateTime<chrono::Utc> =
+            stored["effective_date"].as_str().unwrap().parse().unwrap();
+        let expiry: chrono::DateTime<chrono::Utc> =
+            stored["expiry_date"].as_str().unwrap().parse().unwrap();
+        assert!(expiry > effective, "round {round}: {stored}");
     }
 }

@@ -205,7 +205,8 @@ impl Clients<'_> {
     }
 
     /// Deletes a client; false when it does not exist or is not `owner`'s. A client that
-    /// still has policies is refused with [`DbError::ForeignKey`](super::DbError::ForeignKey).
+    /// still has policies is refused by
+    /// [`Constraint::PoliciesClientIdFkey`](super::Constraint::PoliciesClientIdFkey).
     pub async fn delete(&self, id: Uuid, owner: Option<Uuid>) -> DbResult<bool> {
         on_db!(self.0, pool => sqlx::query("DELETE FROM clients WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)")
             .bind(id)

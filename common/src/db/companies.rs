@@ -1,5 +1,6 @@
-//! Insurers. Names and codes are unique; a unique violation comes back as
-//! [`DbError::Conflict`](super::DbError::Conflict) for the API to answer 409.
+//! Insurers. Names and codes are unique: a taken one comes back as a refusal by
+//! [`Constraint::CompaniesNameKey`](super::Constraint::CompaniesNameKey) or
+//! [`Constraint::CompaniesCodeKey`](super::Constraint::CompaniesCodeKey).
 
 use uuid::Uuid;
 

@@ -40,9 +40,9 @@ pub struct PolicyFields<'a> {
 /// A partial update; `None` leaves a field as it is.
 ///
 /// The API checks the patch merged with the policy it read, but writes only the patch: a
-/// concurrent update of other fields stays, and the table's own CHECK
-/// (`expiry_date > effective_date`) checks the dates again on the row as it is when the
-/// write lands, so two updates that are each valid on the
+/// concurrent update of other fields stays, and the table's own
+/// [`Constraint::PoliciesCheck`](super::Constraint::PoliciesCheck) checks the dates again
+/// on the row as it is when the write lands, so two updates that are each valid on the
 /// row they read (one moving the effective date, the other the expiry) cannot together
 /// store an expiry before the effective date: the second is refused.
 #[derive(Debug, Default)]

@@ -4,7 +4,7 @@ use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{Db, DbError, DbResult, Page, SqlxResultExt, on_db};
+use super::{Constraint, Db, DbResult, Page, SqlxResultExt, on_db};
 use crate::model::{OutputFormat, Template, TemplateOptions, TemplateVersion};
 
 macro_rules! template_columns {
@@ -208,7 +208,7 @@ impl Templates<'_> {
             .await)
             .db();
             match inserted {
-                Err(DbError::Conflict(_)) if attempts < 5 => attempts += 1,
+                Err(err) if err.is(Constraint::UqTemplateVersion) && attempts < 5 => attempts += 1,
                 other => return other,
             }
         }
