@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use common::db::clients::{ClientPatch, NewClient};
-use common::db::{DbError, Page};
+use common::db::{Constraint, DbResultExt, Page};
 use common::model::Client;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -226,12 +226,11 @@ async fn remove(
         .clients()
         .delete(id, Scope::of(&user).owner())
         .await
-        .map_err(|err| match err {
-            DbError::ForeignKey(_) => ApiError::conflict(
+        .on_constraint(Constraint::PoliciesClientIdFkey, |_| {
+            ApiError::conflict(
                 "client_has_policies",
                 "The client still has policies; delete them first.",
-            ),
-            other => other.into(),
+            )
         })?;
     if !deleted {
         return Err(not_found());

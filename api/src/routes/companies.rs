@@ -5,9 +5,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::db::DbError;
 use common::db::Page;
 use common::db::companies::{CompanyPatch, NewCompany};
+use common::db::{Constraint, DbError};
 use common::model::{Company, Role};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -75,12 +75,12 @@ fn check_fields(
 }
 
 fn duplicate(err: DbError) -> ApiError {
-    match err {
-        DbError::Conflict(_) => ApiError::conflict(
+    match err.constraint() {
+        Some(Constraint::CompaniesNameKey | Constraint::CompaniesCodeKey) => ApiError::conflict(
             "company_exists",
             "A company with this name or code already exists.",
         ),
-        other => other.into(),
+        _ => err.into(),
     }
 }
 

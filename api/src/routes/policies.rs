@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use common::db::policies::{PolicyFields, PolicyFilter};
-use common::db::{DbError, Page};
+use common::db::policies::{PolicyFields, PolicyFilter, PolicyPatch};
+use common::db::Page;
 use common::model::{Policy, PolicyStatus};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -21,7 +21,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
 use crate::routes::Pagination;
 use crate::service::access::Scope;
-use crate::service::{check_text, record_change};
+use crate::service::{policies, record_change};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -78,55 +78,6 @@ struct ListQuery {
     status: Option<PolicyStatus>,
 }
 
-/// The currency new policies get when the request names none.
-const DEFAULT_CURRENCY: &str = "XAF";
-
-/// Checks a complete policy (a new one, or the result of a partial update) and that its
-/// client and company are reachable by `user`.
-async fn check(state: &AppState, user: &AuthUser, fields: &PolicyFields<'_>) -> ApiResult<()> {
-    check_text("policy_number", fields.policy_number, 100)?;
-    check_text("product_name", fields.product_name, 255)?;
-    if fields.premium_amount < 0 {
-        return Err(ApiError::invalid("premium_amount", "must not be negative"));
-    }
-    if fields.expiry_date <= fields.effective_date {
-        return Err(ApiError::invalid(
-            "expiry_date",
-            "must be after effective_date",
-        ));
-    }
-    if fields.currency.len() != 3 || !fields.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(ApiError::invalid(
-            "currency",
-            "must be three uppercase letters (ISO 4217)",
-        ));
-    }
-    Scope::of(user).client(&state.db, fields.client_id).await?;
-    if let Some(company_id) = fields.company_id {
-        company_exists(state, company_id).await?;
-    }
-    Ok(())
-}
-
-async fn company_exists(state: &AppState, id: Uuid) -> ApiResult<()> {
-    match state.db.companies().get(id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found("Company not found.")),
-    }
-}
-
-/// Maps the database's refusals: a duplicate number, or a client or company deleted
-/// between the checks and the write.
-fn write_error(err: DbError) -> ApiError {
-    match err {
-        DbError::Conflict(_) => {
-            ApiError::conflict("policy_exists", "A policy with this number already exists.")
-        }
-        DbError::ForeignKey(_) => ApiError::not_found("Client or company not found."),
-        other => other.into(),
-    }
-}
-
 #[utoipa::path(
     post, path = "/", tag = "policies", operation_id = "create_policy",
     security(("bearer" = [])),
@@ -153,15 +104,9 @@ async fn create(
         effective_date: body.effective_date,
         expiry_date: body.expiry_date,
         status: body.status.unwrap_or(PolicyStatus::Active),
-        currency: currency.unwrap_or(DEFAULT_CURRENCY),
+        currency: currency.unwrap_or(policies::DEFAULT_CURRENCY),
     };
-    check(&state, &user, &fields).await?;
-    let policy = state
-        .db
-        .policies()
-        .create(fields)
-        .await
-        .map_err(write_error)?;
+    let policy = policies::create(&state, &user, fields).await?;
     record_change(&state, &meta, &user, "policy_created", "policy", policy.id).await;
     Ok((StatusCode::CREATED, Json(policy)))
 }
@@ -221,29 +166,21 @@ async fn update(
     Path(id): Path<Uuid>,
     Json(body): Json<UpdateBody>,
 ) -> ApiResult<Json<Policy>> {
-    let current = Scope::of(&user).policy(&state.db, id).await?;
     let policy_number = body.policy_number.map(|s| s.trim().to_owned());
     let product_name = body.product_name.map(|s| s.trim().to_owned());
     let currency = body.currency.map(|s| s.trim().to_owned());
-    let fields = PolicyFields {
-        policy_number: policy_number.as_deref().unwrap_or(&current.policy_number),
-        client_id: body.client_id.unwrap_or(current.client_id),
-        company_id: body.company_id.or(current.company_id),
-        product_name: product_name.as_deref().unwrap_or(&current.product_name),
-        premium_amount: body.premium_amount.unwrap_or(current.premium_amount),
-        effective_date: body.effective_date.unwrap_or(current.effective_date),
-        expiry_date: body.expiry_date.unwrap_or(current.expiry_date),
-        status: body.status.unwrap_or(current.status),
-        currency: currency.as_deref().unwrap_or(&current.currency),
+    let patch = PolicyPatch {
+        policy_number: policy_number.as_deref(),
+        client_id: body.client_id,
+        company_id: body.company_id,
+        product_name: product_name.as_deref(),
+        premium_amount: body.premium_amount,
+        effective_date: body.effective_date,
+        expiry_date: body.expiry_date,
+        status: body.status,
+        currency: currency.as_deref(),
     };
-    check(&state, &user, &fields).await?;
-    let policy = state
-        .db
-        .policies()
-        .update(id, fields)
-        .await
-        .map_err(write_error)?
-        .ok_or_else(not_found)?;
+    let policy = policies::update(&state, &user, id, patch).await?;
     record_change(&state, &meta, &user, "policy_updated", "policy", id).await;
     Ok(Json(policy))
 }

@@ -4,10 +4,10 @@ use axum::extract::State;
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::db::DbError;
 use common::db::Page;
 use common::db::audit::AuditEvent;
 use common::db::templates::{NewTemplate, TemplatePatch};
+use common::db::{Constraint, DbError};
 use common::model::{OutputFormat, Role, Template, TemplateOptions, TemplateVersion};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -111,12 +111,12 @@ struct TemplateOut {
 }
 
 fn duplicate(err: DbError) -> ApiError {
-    match err {
-        DbError::Conflict(_) => ApiError::conflict(
+    match err.constraint() {
+        Some(Constraint::UqTemplateNameTypeScope) => ApiError::conflict(
             "template_exists",
             "A template with this name, type and scope already exists.",
         ),
-        other => other.into(),
+        _ => err.into(),
     }
 }
 

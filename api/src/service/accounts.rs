@@ -2,9 +2,9 @@
 //! a user, or an operator runs `create-admin` (or sets `BOOTSTRAP_ADMIN_*`).
 
 use common::Db;
-use common::db::DbError;
 use common::db::audit::AuditEvent;
 use common::db::users::{NewUser, UserChanges};
+use common::db::{Constraint, DbResultExt};
 use common::model::{Role, User};
 use serde::Serialize;
 use uuid::Uuid;
@@ -103,11 +103,8 @@ pub async fn create(db: &Db, min_password: usize, account: NewAccount<'_>) -> Ap
             is_active: account.is_active,
         })
         .await
-        .map_err(|e| match e {
-            DbError::Conflict(_) => {
-                ApiError::conflict("email_taken", "This email is already registered.")
-            }
-            other => other.into(),
+        .on_constraint(Constraint::UsersEmailKey, |_| {
+            ApiError::conflict("email_taken", "This email is already registered.")
         })
 }
 

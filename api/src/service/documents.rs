@@ -356,7 +356,9 @@ async fn write_and_push(state: AppState, pending: Pending) -> ApiResult<Option<D
         .await;
     let doc = match created {
         Ok(doc) => doc,
-        Err(common::db::DbError::Conflict(_)) if idempotency_key.is_some() => return Ok(None),
+        Err(err) if err.is(common::db::Constraint::UqGeneratedDocumentsIdempotency) => {
+            return Ok(None);
+        }
         Err(err) => return Err(err.into()),
     };
     let job = RenderJob {

@@ -15,6 +15,8 @@
 //! - [`documents`]: asking for a document (template resolution, format check,
 //!   backpressure, insert and enqueue, idempotency), waiting for it, opening what a worker
 //!   stored, signed links, and template previews.
+//! - [`policies`]: what a policy must be, and updates that a concurrent change cannot
+//!   slip past.
 //! - [`sessions`]: logging in (with the brute-force guard) and refreshing tokens.
 //! - [`templates`]: what a template's content and options may be.
 //! - this module: the audit trail and the text checks every service uses.
@@ -22,6 +24,7 @@
 pub mod access;
 pub mod accounts;
 pub mod documents;
+pub mod policies;
 pub mod sessions;
 pub mod templates;
 

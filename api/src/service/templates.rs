@@ -4,8 +4,8 @@
 //! `template` crate), so a mistake shows at once rather than as a failed document later.
 
 use axum::http::StatusCode;
-use common::db::DbError;
 use common::db::audit::AuditEvent;
+use common::db::{Constraint, DbResultExt};
 use common::model::{OutputFormat, Template, TemplateOptions, TemplateVersion};
 use sha2::Digest;
 
@@ -47,9 +47,8 @@ pub async fn store_version(
         .templates()
         .add_version(template.id, content, source, user.id())
         .await
-        .map_err(|e| match e {
-            DbError::ForeignKey(_) => ApiError::not_found("Template not found."),
-            other => other.into(),
+        .on_constraint(Constraint::TemplateVersionsTemplateIdFkey, |_| {
+            ApiError::not_found("Template not found.")
         })?;
     if let Some(serde_json::Value::Object(fields)) = &mut metadata {
         fields.insert("version".to_owned(), version.version.into());

@@ -15,4 +15,5 @@ mod ops;
 mod processes;
 mod sessions;
 mod templates;
+mod updates;
 mod users;

@@ -177,27 +177,27 @@ impl Clients<'_> {
         .db()
     }
 
-    /// Applies a partial update; `None` when the client does not exist or is not `owner`'s.
+    /// Applies a partial update in one statement, so that concurrent updates of different
+    /// fields all stay; `None` when the client does not exist or is not `owner`'s.
     pub async fn update(
         &self,
         id: Uuid,
         owner: Option<Uuid>,
         patch: ClientPatch,
     ) -> DbResult<Option<Client>> {
-        let Some(current) = self.get(id, owner).await? else {
-            return Ok(None);
-        };
         on_db!(self.0, pool => sqlx::query_as::<_, Client>(concat!(
-            "UPDATE clients SET first_name = $2, last_name = $3, email = $4, phone = $5, address = $6, \
-             updated_at = $7 WHERE id = $1 RETURNING ",
+            "UPDATE clients SET first_name = COALESCE($3, first_name), last_name = COALESCE($4, last_name), \
+             email = COALESCE($5, email), phone = COALESCE($6, phone), address = COALESCE($7, address), \
+             updated_at = $8 WHERE id = $1 AND ($2 IS NULL OR owner_id = $2) RETURNING ",
             client_columns!()
         ))
         .bind(id)
-        .bind(patch.first_name.unwrap_or(current.first_name))
-        .bind(patch.last_name.unwrap_or(current.last_name))
-        .bind(patch.email.or(current.email))
-        .bind(patch.phone.or(current.phone))
-        .bind(patch.address.or(current.address))
+        .bind(owner)
+        .bind(patch.first_name)
+        .bind(patch.last_name)
+        .bind(patch.email)
+        .bind(patch.phone)
+        .bind(patch.address)
         .bind(crate::now())
         .fetch_optional(pool)
         .await)
@@ -205,7 +205,8 @@ impl Clients<'_> {
     }
 
     /// Deletes a client; false when it does not exist or is not `owner`'s. A client that
-    /// still has policies is refused with [`DbError::ForeignKey`](super::DbError::ForeignKey).
+    /// still has policies is refused by
+    /// [`Constraint::PoliciesClientIdFkey`](super::Constraint::PoliciesClientIdFkey).
     pub async fn delete(&self, id: Uuid, owner: Option<Uuid>) -> DbResult<bool> {
         on_db!(self.0, pool => sqlx::query("DELETE FROM clients WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)")
             .bind(id)

@@ -1,5 +1,6 @@
-//! Insurers. Names and codes are unique; a unique violation comes back as
-//! [`DbError::Conflict`](super::DbError::Conflict) for the API to answer 409.
+//! Insurers. Names and codes are unique: a taken one comes back as a refusal by
+//! [`Constraint::CompaniesNameKey`](super::Constraint::CompaniesNameKey) or
+//! [`Constraint::CompaniesCodeKey`](super::Constraint::CompaniesCodeKey).
 
 use uuid::Uuid;
 
@@ -81,22 +82,21 @@ impl Companies<'_> {
         .db()
     }
 
-    /// Applies a partial update; `None` when the company does not exist.
+    /// Applies a partial update in one statement, so that concurrent updates of different
+    /// fields all stay; `None` when the company does not exist.
     pub async fn update(&self, id: Uuid, patch: CompanyPatch) -> DbResult<Option<Company>> {
-        let Some(current) = self.get(id).await? else {
-            return Ok(None);
-        };
         on_db!(self.0, pool => sqlx::query_as::<_, Company>(concat!(
-            "UPDATE companies SET name = $2, code = $3, api_mode = $4, api_endpoint = $5, api_key = $6, \
-             updated_at = $7 WHERE id = $1 RETURNING ",
+            "UPDATE companies SET name = COALESCE($2, name), code = COALESCE($3, code), \
+             api_mode = COALESCE($4, api_mode), api_endpoint = COALESCE($5, api_endpoint), \
+             api_key = COALESCE($6, api_key), updated_at = $7 WHERE id = $1 RETURNING ",
             company_columns!()
         ))
         .bind(id)
-        .bind(patch.name.unwrap_or(current.name))
-        .bind(patch.code.unwrap_or(current.code))
-        .bind(patch.api_mode.unwrap_or(current.api_mode))
-        .bind(patch.api_endpoint.or(current.api_endpoint))
-        .bind(patch.api_key.or(current.api_key))
+        .bind(patch.name)
+        .bind(patch.code)
+        .bind(patch.api_mode)
+        .bind(patch.api_endpoint)
+        .bind(patch.api_key)
         .bind(crate::now())
         .fetch_optional(pool)
         .await)

@@ -9,10 +9,15 @@
 //! Migrations live in `migrations/postgres` and `migrations/sqlite` (same tables and names)
 //! and are recorded in `_app_migrations`, so they never collide with a job queue's own
 //! migrations in the same database.
+//!
+//! A write a constraint refuses comes back as a [`DbError`] naming the constraint when it
+//! is one of [`Constraint`]'s, on either engine (see [`constraints`]); call sites name the
+//! one they expect instead of matching on error kinds or messages.
 
 pub mod audit;
 pub mod clients;
 pub mod companies;
+pub mod constraints;
 pub mod documents;
 pub mod policies;
 pub mod session_cache;
@@ -63,41 +68,90 @@ macro_rules! on_db {
         }
     };
 }
+pub use constraints::{Constraint, ConstraintKind};
 pub use on_db;
 pub use sqlite_tuning::configure_process as configure_sqlite_process;
 
-/// Errors a repository reports; callers match on [`DbError::Conflict`] to answer 409.
+/// Errors a repository reports. A constraint's refusal says which constraint refused, when
+/// it is one of [`Constraint`]'s: call sites name the one they expect with
+/// [`DbResultExt::on_constraint`] or [`DbError::constraint`], and answer anything else
+/// generically.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// A unique constraint refused the write.
     #[error("unique constraint violated: {0}")]
-    Conflict(String),
+    Conflict(Violation),
     /// A foreign key refused the write (the referenced row is gone or still referenced).
     #[error("foreign key constraint violated: {0}")]
-    ForeignKey(String),
+    ForeignKey(Violation),
+    /// A check constraint refused the write.
+    #[error("check constraint violated: {0}")]
+    Check(Violation),
+    /// The database cannot store a character of a text value: Postgres refuses NUL (and
+    /// text its encoding lacks), which JSON and SQLite accept. The value's fault, not the
+    /// server's.
+    #[error("a text value has a character the database cannot store")]
+    UnstorableText(#[source] sqlx::Error),
     #[error(transparent)]
-    Other(#[from] sqlx::Error),
+    Other(sqlx::Error),
 }
 
+/// Which constraint refused a write, as far as the database said.
+#[derive(Debug)]
+pub struct Violation {
+    /// The constraint, when it is one of [`Constraint`]'s.
+    pub constraint: Option<Constraint>,
+    /// The database's own message, for the logs.
+    pub message: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Postgres' SQLSTATEs for text it cannot store: `untranslatable_character` and
+/// `character_not_in_repertoire`.
+const UNSTORABLE_TEXT_CODES: [&str; 2] = ["22P05", "22021"];
+
 impl DbError {
-    pub(crate) fn from_sqlx(err: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db_err) = &err {
-            match db_err.kind() {
-                sqlx::error::ErrorKind::UniqueViolation => {
-                    return DbError::Conflict(
-                        db_err.constraint().unwrap_or(db_err.message()).to_owned(),
-                    );
-                }
-                sqlx::error::ErrorKind::ForeignKeyViolation => {
-                    return DbError::ForeignKey(db_err.message().to_owned());
-                }
-                // SQLite reports an `ON DELETE RESTRICT` refusal as SQLITE_CONSTRAINT_TRIGGER
-                // (1811), which sqlx does not classify; its message is the foreign key's.
-                _ if db_err.message() == "FOREIGN KEY constraint failed" => {
-                    return DbError::ForeignKey(db_err.message().to_owned());
-                }
-                _ => {}
-            }
+    /// The constraint that refused the write, when the error is a refusal by one of
+    /// [`Constraint`]'s.
+    pub fn constraint(&self) -> Option<Constraint> {
+        match self {
+            DbError::Conflict(v) | DbError::ForeignKey(v) | DbError::Check(v) => v.constraint,
+            DbError::UnstorableText(_) | DbError::Other(_) => None,
+        }
+    }
+
+    /// Whether `constraint` refused the write.
+    pub fn is(&self, constraint: Constraint) -> bool {
+        self.constraint() == Some(constraint)
+    }
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(err: sqlx::Error) -> Self {
+        let sqlx::Error::Database(db_err) = &err else {
+            return DbError::Other(err);
+        };
+        if let Some((kind, constraint)) = Constraint::reported(db_err.as_ref()) {
+            let violation = Violation {
+                constraint,
+                message: db_err.message().to_owned(),
+            };
+            return match kind {
+                ConstraintKind::Unique => DbError::Conflict(violation),
+                ConstraintKind::ForeignKey => DbError::ForeignKey(violation),
+                ConstraintKind::Check => DbError::Check(violation),
+            };
+        }
+        let is_postgres = db_err
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some();
+        if is_postgres && UNSTORABLE_TEXT_CODES.contains(&db_err.code().as_deref().unwrap_or("")) {
+            return DbError::UnstorableText(err);
         }
         DbError::Other(err)
     }
@@ -106,13 +160,40 @@ impl DbError {
 /// Shorthand for repository results.
 pub type DbResult<T> = Result<T, DbError>;
 
+/// Mapping a named constraint's refusal at the call site.
+pub trait DbResultExt<T> {
+    /// Turns a refusal by `constraint` into `map`'s error, and any other error into `E`
+    /// the usual way: `.on_constraint(Constraint::UsersEmailKey, |_| email_taken())`.
+    fn on_constraint<E: From<DbError>>(
+        self,
+        constraint: Constraint,
+        map: impl FnOnce(DbError) -> E,
+    ) -> Result<T, E>;
+}
+
+impl<T> DbResultExt<T> for DbResult<T> {
+    fn on_constraint<E: From<DbError>>(
+        self,
+        constraint: Constraint,
+        map: impl FnOnce(DbError) -> E,
+    ) -> Result<T, E> {
+        self.map_err(|err| {
+            if err.is(constraint) {
+                map(err)
+            } else {
+                E::from(err)
+            }
+        })
+    }
+}
+
 pub(crate) trait SqlxResultExt<T> {
     fn db(self) -> DbResult<T>;
 }
 
 impl<T> SqlxResultExt<T> for Result<T, sqlx::Error> {
     fn db(self) -> DbResult<T> {
-        self.map_err(DbError::from_sqlx)
+        self.map_err(DbError::from)
     }
 }
 
@@ -198,6 +279,15 @@ impl Db {
         Db {
             pool,
             session_cache: Arc::new(SessionCache::new(ttl, cache_enabled)),
+        }
+    }
+
+    /// A handle on `pool` without a session cache, for tests of the repositories.
+    #[cfg(test)]
+    pub(crate) fn for_tests(pool: Pool) -> Db {
+        Db {
+            pool,
+            session_cache: Arc::new(SessionCache::new(Duration::ZERO, false)),
         }
     }
 

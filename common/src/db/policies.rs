@@ -24,8 +24,7 @@ macro_rules! policy_filter {
     };
 }
 
-/// Every column of a policy, for inserts and full updates (the API merges a partial
-/// update with the current row first, so its rules are checked on the result).
+/// Every column of a new policy.
 pub struct PolicyFields<'a> {
     pub policy_number: &'a str,
     pub client_id: Uuid,
@@ -36,6 +35,27 @@ pub struct PolicyFields<'a> {
     pub expiry_date: DateTime<Utc>,
     pub status: PolicyStatus,
     pub currency: &'a str,
+}
+
+/// A partial update; `None` leaves a field as it is.
+///
+/// The API checks the patch merged with the policy it read, but writes only the patch: a
+/// concurrent update of other fields stays, and the table's own
+/// [`Constraint::PoliciesCheck`](super::Constraint::PoliciesCheck) checks the dates again
+/// on the row as it is when the write lands, so two updates that are each valid on the
+/// row they read (one moving the effective date, the other the expiry) cannot together
+/// store an expiry before the effective date: the second is refused.
+#[derive(Debug, Default)]
+pub struct PolicyPatch<'a> {
+    pub policy_number: Option<&'a str>,
+    pub client_id: Option<Uuid>,
+    pub company_id: Option<Uuid>,
+    pub product_name: Option<&'a str>,
+    pub premium_amount: Option<i64>,
+    pub effective_date: Option<DateTime<Utc>>,
+    pub expiry_date: Option<DateTime<Utc>>,
+    pub status: Option<PolicyStatus>,
+    pub currency: Option<&'a str>,
 }
 
 /// Which policies a list returns; `None` matches any.
@@ -135,23 +155,33 @@ impl Policies<'_> {
         .db()
     }
 
-    /// Writes every field of an existing policy; `None` when it no longer exists.
-    pub async fn update(&self, id: Uuid, fields: PolicyFields<'_>) -> DbResult<Option<Policy>> {
+    /// Applies a partial update in one statement (see [`PolicyPatch`]); `None` when the
+    /// policy does not exist or its client is not `owner`'s (when given).
+    pub async fn update(
+        &self,
+        id: Uuid,
+        owner: Option<Uuid>,
+        patch: PolicyPatch<'_>,
+    ) -> DbResult<Option<Policy>> {
         let updated = on_db!(self.0, pool => sqlx::query(
-            "UPDATE policies SET policy_number = $2, client_id = $3, company_id = $4, product_name = $5, \
-             premium_amount = $6, effective_date = $7, expiry_date = $8, status = $9, currency = $10, \
-             updated_at = $11 WHERE id = $1",
+            "UPDATE policies SET policy_number = COALESCE($3, policy_number), client_id = COALESCE($4, client_id), \
+             company_id = COALESCE($5, company_id), product_name = COALESCE($6, product_name), \
+             premium_amount = COALESCE($7, premium_amount), effective_date = COALESCE($8, effective_date), \
+             expiry_date = COALESCE($9, expiry_date), status = COALESCE($10, status), \
+             currency = COALESCE($11, currency), updated_at = $12 \
+             WHERE id = $1 AND ($2 IS NULL OR client_id IN (SELECT id FROM clients WHERE owner_id = $2))",
         )
         .bind(id)
-        .bind(fields.policy_number)
-        .bind(fields.client_id)
-        .bind(fields.company_id)
-        .bind(fields.product_name)
-        .bind(fields.premium_amount)
-        .bind(fields.effective_date)
-        .bind(fields.expiry_date)
-        .bind(fields.status.as_str())
-        .bind(fields.currency)
+        .bind(owner)
+        .bind(patch.policy_number)
+        .bind(patch.client_id)
+        .bind(patch.company_id)
+        .bind(patch.product_name)
+        .bind(patch.premium_amount)
+        .bind(patch.effective_date)
+        .bind(patch.expiry_date)
+        .bind(patch.status.map(PolicyStatus::as_str))
+        .bind(patch.currency)
         .bind(crate::now())
         .execute(pool)
         .await

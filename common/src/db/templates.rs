@@ -4,7 +4,7 @@ use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{Db, DbError, DbResult, Page, SqlxResultExt, on_db};
+use super::{Constraint, Db, DbResult, Page, SqlxResultExt, on_db};
 use crate::model::{OutputFormat, Template, TemplateOptions, TemplateVersion};
 
 macro_rules! template_columns {
@@ -135,23 +135,22 @@ impl Templates<'_> {
         .db()
     }
 
-    /// Applies a partial update; `None` when the template does not exist.
+    /// Applies a partial update in one statement, so that concurrent updates of different
+    /// fields all stay; `None` when the template does not exist.
     pub async fn update(&self, id: Uuid, patch: TemplatePatch) -> DbResult<Option<Template>> {
-        let Some(current) = self.get(id).await? else {
-            return Ok(None);
-        };
         on_db!(self.0, pool => sqlx::query_as::<_, Template>(concat!(
-            "UPDATE templates SET name = $2, template_type = $3, format = $4, scope = $5, is_active = $6, \
-             options = $7, updated_at = $8 WHERE id = $1 RETURNING ",
+            "UPDATE templates SET name = COALESCE($2, name), template_type = COALESCE($3, template_type), \
+             format = COALESCE($4, format), scope = COALESCE($5, scope), is_active = COALESCE($6, is_active), \
+             options = COALESCE($7, options), updated_at = $8 WHERE id = $1 RETURNING ",
             template_columns!()
         ))
         .bind(id)
-        .bind(patch.name.unwrap_or(current.name))
-        .bind(patch.template_type.unwrap_or(current.template_type))
-        .bind(patch.format.unwrap_or(current.format).as_str())
-        .bind(patch.scope.unwrap_or(current.scope))
-        .bind(patch.is_active.unwrap_or(current.is_active))
-        .bind(Json(patch.options.unwrap_or(current.options.0)))
+        .bind(patch.name)
+        .bind(patch.template_type)
+        .bind(patch.format.map(OutputFormat::as_str))
+        .bind(patch.scope)
+        .bind(patch.is_active)
+        .bind(patch.options.map(Json))
         .bind(crate::now())
         .fetch_optional(pool)
         .await)
@@ -209,7 +208,7 @@ impl Templates<'_> {
             .await)
             .db();
             match inserted {
-                Err(DbError::Conflict(_)) if attempts < 5 => attempts += 1,
+                Err(err) if err.is(Constraint::UqTemplateVersion) && attempts < 5 => attempts += 1,
                 other => return other,
             }
         }

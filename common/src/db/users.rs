@@ -26,7 +26,8 @@ pub struct NewUser<'a> {
 pub struct Users<'a>(pub(super) &'a Db);
 
 impl Users<'_> {
-    /// Inserts a user; a taken email is [`super::DbError::Conflict`]. Emails are stored
+    /// Inserts a user; a taken email is refused by
+    /// [`Constraint::UsersEmailKey`](super::Constraint::UsersEmailKey). Emails are stored
     /// lowercased so lookups ignore case.
     pub async fn create(&self, new: NewUser<'_>) -> DbResult<User> {
         let now = crate::now();
