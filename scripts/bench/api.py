@@ -17,6 +17,11 @@ measured in the same run, so that the time per login above it is a real differen
 The original (Python/FastAPI) is only quoted. Figures go to bench/RESULTS.md between
 `<!-- bench-api:begin … -->` markers, newest first.
 
+With --baseline REV (the wrapper builds REV's binaries into $BENCH_BASELINE_BIN_DIR), each
+deployment is started twice side by side, REV's binaries and the current ones, and every
+figure is measured for both back to back (--rounds, default 2: baseline, current, current,
+baseline); the section shows both and the ratio current/baseline.
+
 Python 3.9+ standard library only; needs wrk, psql, redis-cli. The machinery it shares
 with scripts/bench-pipeline is in benchlib.py.
 """
@@ -35,12 +40,13 @@ from pathlib import Path
 
 import benchlib
 from benchlib import (
-    API_BIN,
-    BIN_DIR,
+    CURRENT,
     ROOT,
     BenchError,
     CpuWindow,
+    Binaries,
     Deployment,
+    PairSection,
     RssSampler,
     reset_hwm,
     Section,
@@ -59,7 +65,6 @@ from benchlib import (
     write_results,
 )
 
-ARGON2_EXAMPLE = BIN_DIR / "examples" / "argon2_bench"
 LOGIN_LUA = ROOT / "scripts" / "bench" / "login.lua"
 
 # The original (Python/FastAPI), measured the same way on this kind of machine: quoted only.
@@ -99,14 +104,21 @@ def fmt_ms(us: float) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def argon2_baseline(args) -> tuple[dict, str]:
+def argon2_example(bins: Binaries) -> Path | None:
+    """The build's own examples/argon2_bench (its hash parameters), else the current one's
+    (None when neither build has one)."""
+    return bins.example("argon2_bench") or CURRENT.example("argon2_bench")
+
+
+def argon2_baseline(args, bins: Binaries = CURRENT) -> tuple[dict, str]:
+    example = argon2_example(bins)
     argv = [
-        str(ARGON2_EXAMPLE),
+        str(example),
         "--count", "10" if args.quick else "50",
         "--threads", str(args.cores),
         "--seconds", "1" if args.quick else "5",
     ]
-    log("argon2: bare verify cost (one thread, then every core)")
+    log(f"argon2 ({bins.label} build): bare verify cost (one thread, then every core)")
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         raise BenchError(f"argon2_bench failed: {result.stderr.strip()}")
@@ -115,7 +127,9 @@ def argon2_baseline(args) -> tuple[dict, str]:
         f"argon2 ({stats['params']}): {stats['single_p50_ms']:.1f} ms per verify on one thread, "
         f"{stats['parallel_per_second']:.1f}/s on {stats['threads']} threads"
     )
-    return stats, " ".join(shlex.quote(a) for a in argv).replace(str(BIN_DIR), "$CARGO_TARGET_DIR/release")
+    owner = bins if example.parent.parent == bins.dir else CURRENT
+    stats["example_of"] = owner.label
+    return stats, owner.shown(" ".join(shlex.quote(a) for a in argv))
 
 
 # --------------------------------------------------------------------------------------
@@ -160,17 +174,19 @@ def prepare(deployment: Deployment, clients: int) -> tuple[str, Path]:
 
 
 def measure(deployment: Deployment, what: str, url: str, env: dict[str, str], args,
-            connections: int | None = None, script: Path = benchlib.WRK_LUA) -> dict:
-    """A warm-up run, then the measured run while the API's VmRSS is sampled."""
+            connections: int | None = None, script: Path = benchlib.WRK_LUA, warm: bool = True) -> dict:
+    """A warm-up run (unless `warm` is false), then the measured run while the API's VmRSS
+    is sampled."""
     conns = connections or args.connections
     threads = min(args.threads, conns)
     pid = deployment.api.pid
     # The peak under this load, not the start-up's or an earlier run's (argon2 alone
     # takes 19 MB per login).
     hwm_reset = reset_hwm(pid)
-    log(f"{deployment.name}: {what}: warm-up {args.warmup} s")
-    run_wrk(url, args.warmup, conns, threads, env, script=script, token_label="<agent token>")
-    deployment.check_alive()
+    if warm:
+        log(f"{deployment.name}: {what}: warm-up {args.warmup} s")
+        run_wrk(url, args.warmup, conns, threads, env, script=script, token_label="<agent token>")
+        deployment.check_alive()
     log(f"{deployment.name}: {what}: {args.seconds} s, {conns} connections")
     cpu = CpuWindow().start()
     with RssSampler(pid) as sampler:
@@ -197,7 +213,7 @@ def run_mode(mode: str, args, run_dir: Path) -> dict:
     try:
         deployment.start_api("serve" if postgres else "all")
         results["env"] = shown_env(deployment.env)
-        results["start"] = deployment.commands[0].replace(str(BIN_DIR), "$CARGO_TARGET_DIR/release")
+        results["start"] = CURRENT.shown(deployment.commands[0])
         token, login_body = prepare(deployment, args.clients)
         results["idle_kb"] = rss_kb(deployment.api.pid)
         base = deployment.base
@@ -395,6 +411,223 @@ def build_section(args, runs: list[dict]) -> Section:
     return section
 
 
+# --------------------------------------------------------------------------------------
+# Same-run pairs against a baseline build (--baseline REV)
+# --------------------------------------------------------------------------------------
+
+
+def run_pair_mode(mode: str, args, run_dir: Path, builds: dict[str, Binaries]) -> dict[str, dict]:
+    """Both builds' deployments of `mode`, started side by side (each on its own fresh
+    DATA_DIR, database and queue); each figure is then measured for one build and the
+    other back to back, in `args.rounds` rounds that alternate which goes first, while the
+    other build's processes sit idle. Returns {"baseline": results, "current": results},
+    each the median of its rounds, with the rounds themselves under "rounds"."""
+    postgres = mode == "postgres"
+    deps: dict[str, Deployment] = {}
+    tokens: dict[str, str] = {}
+    bodies: dict[str, Path] = {}
+    out = {key: {"mode": mode, "rounds": [{} for _ in range(args.rounds)]} for key in builds}
+    other = {"baseline": "current", "current": "baseline"}
+    try:
+        for key, bins in builds.items():
+            deployment = benchlib.new_deployment(run_dir, f"api-{mode}-{key}", dict(LIMITS), postgres, bins)
+            deps[key] = deployment
+            deployment.start_api("serve" if postgres else "all")
+            out[key]["env"] = shown_env(deployment.env)
+            out[key]["start"] = bins.shown(deployment.commands[0])
+            tokens[key], bodies[key] = prepare(deployment, args.clients)
+            out[key]["idle_kb"] = rss_kb(deployment.api.pid)
+        figures = ["health", "list", "argon", "login1", "login"]
+        for figure in figures:
+            for r, order in enumerate(benchlib.round_order(args.rounds)):
+                for key in order:
+                    d, bins = deps[key], builds[key]
+                    log(f"--- {mode}: {figure}, round {r + 1}/{args.rounds}: {bins.label}")
+                    with benchlib.idle_partner(deps[other[key]], builds[other[key]].label):
+                        if figure == "argon":
+                            stats, out[key]["argon_cmd"] = None, "(not measured: no examples/argon2_bench)"
+                            if argon2_example(bins) is not None:
+                                stats, out[key]["argon_cmd"] = argon2_baseline(args, bins)
+                        elif figure == "health":
+                            stats = measure(d, "GET /health", d.base + "/health", {"BENCH_METHOD": "GET"},
+                                            args, warm=r == 0)
+                        elif figure == "list":
+                            stats = measure(
+                                d, f"GET /api/v1/clients ({args.clients} rows)",
+                                f"{d.base}/api/v1/clients?limit={args.clients}",
+                                {"BENCH_METHOD": "GET", "BENCH_TOKEN": tokens[key]}, args, warm=r == 0,
+                            )
+                        else:
+                            stats = measure(
+                                d, "POST /api/v1/auth/login" + (", one connection" if figure == "login1" else ""),
+                                d.base + "/api/v1/auth/login", {"BENCH_BODY_FILE": str(bodies[key])}, args,
+                                connections=1 if figure == "login1" else None, script=LOGIN_LUA, warm=r == 0,
+                            )
+                    out[key]["rounds"][r][figure] = stats
+        out["unknown_vars"] = benchlib.unknown_variables(builds["baseline"], list(deps.values()))
+    finally:
+        for d in deps.values():
+            d.stop()
+    for key in builds:
+        out[key].update(benchlib.median_run(out[key]["rounds"]))
+    return out
+
+
+def api_cpu_us(stats: dict) -> float:
+    """The API process's CPU time per request of a wrk run, in µs."""
+    seconds = stats["cpu"]["groups"].get("API process", 0.0)
+    return 1e6 * seconds / stats["requests"] if stats["requests"] else float("nan")
+
+
+def build_pair_section(args, pairs: list[dict], base: Binaries) -> PairSection:
+    pr = benchlib.pair_ratio
+    section = PairSection(
+        f"API, {base.label} vs current (wrk, {args.connections} connections, {args.seconds} s; "
+        f"{args.rounds} round{'s' if args.rounds > 1 else ''})",
+        base.label,
+    )
+    labels = {"embedded": "embedded (SQLite)", "postgres": "Postgres + Redis"}
+
+    def both(fn):
+        return fn(b), fn(c)
+
+    def p50_p99(stats):
+        return f"{fmt_ms(stats['latency_p50_us'])} / {fmt_ms(stats['latency_p99_us'])} ms"
+
+    def lat_ratio(bs, cs):
+        return f"p50 {pr(cs['latency_p50_us'], bs['latency_p50_us'])}, p99 {pr(cs['latency_p99_us'], bs['latency_p99_us'])}"
+
+    def rss(stats):
+        return f"{mb(stats['rss_peak_kb']):.1f} / {mb(stats['hwm_kb']):.1f} MB"
+
+    def rss_max(stats):
+        return max(stats["rss_peak_kb"], stats["hwm_kb"])
+
+    for pair in pairs:
+        b, c = pair["baseline"], pair["current"]
+        label = labels[b["mode"]]
+        hb, hc = both(lambda r: r["health"]["per_second"])
+        section.pair(f"{label}: GET /health", fmt_rate(hb), fmt_rate(hc), pr(hc, hb),
+                     f"≥ {TARGET_HEALTH:,.0f}/s", (hb >= TARGET_HEALTH, hc >= TARGET_HEALTH))
+        section.pair(f"{label}: GET /health latency p50 / p99", p50_p99(b["health"]), p50_p99(c["health"]),
+                     lat_ratio(b["health"], c["health"]))
+        lb, lc = both(lambda r: r["list"]["per_second"])
+        section.pair(f"{label}: GET /api/v1/clients, {args.clients} rows", fmt_rate(lb), fmt_rate(lc), pr(lc, lb),
+                     f"≥ {TARGET_LIST:,.0f}/s", (lb >= TARGET_LIST, lc >= TARGET_LIST))
+        section.pair(f"{label}: GET /api/v1/clients latency p50 / p99", p50_p99(b["list"]), p50_p99(c["list"]),
+                     lat_ratio(b["list"], c["list"]), f"p99 ≤ {TARGET_LIST_P99_MS:.0f} ms",
+                     both(lambda r: r["list"]["latency_p99_us"] / 1000.0 <= TARGET_LIST_P99_MS))
+        ub, uc = both(lambda r: api_cpu_us(r["list"]))
+        section.pair(f"{label}: API CPU per list request", f"{ub:,.0f} µs", f"{uc:,.0f} µs", pr(uc, ub))
+        section.pair(f"{label}: API RSS under the list load: VmRSS peak / VmHWM", rss(b["list"]), rss(c["list"]),
+                     pr(rss_max(c["list"]), rss_max(b["list"])), f"≤ {TARGET_RSS_MB:.0f} MB",
+                     both(lambda r: mb(rss_max(r["list"])) <= TARGET_RSS_MB))
+        section.pair(f"{label}: API RSS idle after setup", f"{mb(b['idle_kb']):.1f} MB", f"{mb(c['idle_kb']):.1f} MB",
+                     pr(c["idle_kb"], b["idle_kb"]))
+        section.pair(
+            f"{label}: POST /api/v1/auth/login, one connection: p50 latency",
+            f"{fmt_ms(b['login1']['latency_p50_us'])} ms", f"{fmt_ms(c['login1']['latency_p50_us'])} ms",
+            pr(c["login1"]["latency_p50_us"], b["login1"]["latency_p50_us"]),
+        )
+        nan = float("nan")
+
+        def shown_ms(value: float) -> str:
+            return "not measured" if value != value else f"{value:+.2f} ms"
+
+        ab, ac = both(lambda r: r["login1"]["latency_p50_us"] / 1000.0 - r["argon"]["single_p50_ms"]
+                      if r["argon"] else nan)
+        section.pair(f"{label}: … of which above the build's own bare argon2 verify (p50)",
+                     shown_ms(ab), shown_ms(ac), shown_ms(ac - ab))
+        gb, gc = both(lambda r: r["login"]["per_second"])
+        section.pair(f"{label}: POST /api/v1/auth/login, {c['login']['conns']} connections", fmt_rate(gb),
+                     fmt_rate(gc), pr(gc, gb))
+        mb_, mc = both(lambda r: 1000.0 / r["login"]["per_second"] - 1000.0 / r["argon"]["parallel_per_second"]
+                       if r["argon"] else nan)
+        section.pair(f"{label}: … machine time per login above argon2 on every core",
+                     shown_ms(mb_), shown_ms(mc), shown_ms(mc - mb_))
+        section.pair(f"{label}: POST /api/v1/auth/login latency p50 / p99", p50_p99(b["login"]), p50_p99(c["login"]),
+                     lat_ratio(b["login"], c["login"]))
+        section.pair(f"{label}: API RSS under the login load: VmRSS peak / VmHWM", rss(b["login"]), rss(c["login"]),
+                     pr(rss_max(c["login"]), rss_max(b["login"])))
+        def argon(r):
+            a = r["argon"]
+            return f"{a['single_p50_ms']:.2f} ms; {fmt_rate(a['parallel_per_second'])}" if a else "not measured"
+
+        section.pair(
+            f"{label}: bare argon2 verify (the build's own example): one thread p50; every core",
+            argon(b), argon(c),
+            f"{pr(c['argon']['single_p50_ms'], b['argon']['single_p50_ms'])}; "
+            f"{pr(c['argon']['parallel_per_second'], b['argon']['parallel_per_second'])}"
+            if b["argon"] and c["argon"] else "—",
+        )
+
+        def errors(r):
+            runs = [s for rnd in r["rounds"] for s in (rnd["health"], rnd["list"], rnd["login1"], rnd["login"])]
+            return sum(s["non_2xx"] for s in runs), sum(s["socket_errors"] for s in runs)
+
+        eb, ec = errors(b), errors(c)
+        section.pair(f"{label}: non-2xx / socket errors (every run)", f"{eb[0]} / {eb[1]}", f"{ec[0]} / {ec[1]}", "—",
+                     "0 / 0", (eb == (0, 0), ec == (0, 0)))
+
+        if args.rounds > 1:
+            per_round = []
+            for name, key in (("/health", "health"), ("list", "list"), ("login×1", "login1"), ("login", "login")):
+                ratios = [pr(rc[key]["per_second"], rb[key]["per_second"]) for rb, rc in zip(b["rounds"], c["rounds"])]
+                per_round.append(f"{name} {', '.join(ratios)}")
+            section.notes.append(f"{label}: current / baseline per round (req/s): " + "; ".join(per_round) + ".")
+        def worst(r):
+            return max(s["cpu"]["foreign_pct"] for rnd in r["rounds"] for s in rnd.values()
+                       if isinstance(s, dict) and "cpu" in s)
+
+        section.notes.append(
+            f"{label}: processes that are not part of the bench took up to {worst(b):.0f}% of the machine "
+            f"during a baseline window, up to {worst(c):.0f}% during a current one"
+            + (" (**figures lower than a quiet machine gives; the pairs still compare like with like only as "
+               "far as that load was steady**)." if max(worst(b), worst(c)) >= 10 else ".")
+        )
+        if not b["argon"] or not c["argon"]:
+            section.notes.append(f"{label}: no `examples/argon2_bench` in either build: the bare argon2 "
+                                 "baseline was not measured.")
+        elif b["argon"].get("example_of") != base.label:
+            section.notes.append(f"{label}: the baseline build has no `examples/argon2_bench`: the current "
+                                 "one's was used for both (the current hash parameters).")
+        if pair.get("unknown_vars"):
+            section.notes.append(f"{label}: {pair['unknown_vars']}")
+        for key, r in (("baseline", b), ("current", c)):
+            cpu_lines = benchlib.cpu_table(r["list"]["cpu"])
+            section.extra += [f"**{label}, {key}, GET /api/v1/clients** — " + cpu_lines[0]] + cpu_lines[1:] + [""]
+
+    section.notes.append(
+        "Ratio: current / baseline (above 1 is better for rates, below 1 for latencies, memory and CPU); "
+        "\"above argon2\" rows show the difference instead. Each figure is the median of the rounds."
+    )
+    section.notes.append(
+        "How the pairs were taken: per deployment, both builds were started side by side (each on its own "
+        "fresh DATA_DIR, database and Redis names, the same environment), then each figure was measured "
+        "for one build and right after for the other"
+        + (", in rounds that alternate which goes first (two rounds: baseline, current, current, "
+           "baseline), warm-up in the first round only" if args.rounds > 1 else ", baseline first")
+        + ". The other build's processes sat idle meanwhile; the CPU tables count them apart "
+        "(\"idle partner\"). The API's CPU per list request is the `API process` group's CPU seconds in the "
+        "measured window over the requests wrk completed."
+    )
+    section.notes.append(
+        "Limits as in the unpaired run: `RATE_LIMIT_ENABLED=false`, `LOGIN_ATTEMPTS_ENABLED=true` at its "
+        "default budgets. Embedded runs `monassurance-api all`, Postgres + Redis `monassurance-api serve`."
+    )
+    for pair in pairs:
+        label = labels[pair["current"]["mode"]]
+        for key in ("baseline", "current"):
+            r = pair[key]
+            section.commands.append(f"# {label}, {key}: environment\n{r['env']}\n{r['start']}")
+            section.commands.append(f"# argon2 baseline ({key})\n{r['argon_cmd']}")
+        r = pair["current"]
+        section.commands.append(f"# {label}: wrk, the same for both builds (each on its own port and token)")
+        for key in ("health", "list", "login1", "login"):
+            section.commands.append(r[key]["command"])
+    return section
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench-api", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -411,8 +644,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
     parser.add_argument("--clients", type=int, default=100, help="clients in the list (100)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, database files)")
+    parser.add_argument("--baseline", metavar="REV", default="",
+                        help="same-run pairs: measure REV's binaries (in $BENCH_BASELINE_BIN_DIR, built by "
+                        "the wrapper) and the current ones back to back; one section with both and the ratio")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --baseline: pairs per figure, alternating which build goes first (2: ABBA)")
     parser.add_argument("--command-line", default="scripts/bench-api", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     args.seconds = 3 if args.quick else args.duration
     args.warmup = args.warmup or (1 if args.quick else 3)
     args.cores = os.cpu_count() or 1
@@ -424,34 +664,55 @@ def main() -> int:
             parser.error(f"unknown mode {name!r}: choose from embedded, postgres")
         if name not in modes:
             modes.append(name)
-    for binary in (API_BIN, ARGON2_EXAMPLE):
-        if not binary.exists():
-            raise BenchError(f"{binary} is missing: run scripts/bench-api, which builds it")
+    base = None
+    if args.baseline:
+        base = benchlib.baseline_binaries(args.baseline)
+        for binary in (CURRENT.api, base.api):
+            if not binary.exists():
+                raise BenchError(f"{binary} is missing: run scripts/bench-api --baseline {args.baseline}, which builds it")
+        if argon2_example(CURRENT) is None:
+            log(f"warning: no {CURRENT.dir / 'examples/argon2_bench'}: the bare argon2 baseline will not be measured")
+    else:
+        for binary in (CURRENT.api, argon2_example(CURRENT)):
+            if binary is None or not binary.exists():
+                raise BenchError(f"{binary or CURRENT.dir / 'examples/argon2_bench'} is missing: "
+                                 "run scripts/bench-api, which builds it")
 
     run_dir = start_run("monassurance-bench-api-", args.keep)
-    log(f"run directory {run_dir}; modes {', '.join(modes)}{' (quick)' if args.quick else ''}")
+    log(f"run directory {run_dir}; modes {', '.join(modes)}{' (quick)' if args.quick else ''}"
+        + (f"; pairs against {base.label} ({base.dir}), {args.rounds} round(s)" if base else ""))
 
     facts = machine_facts()
     started = time.monotonic()
     runs = []
     for mode in modes:
         log(f"=== {mode} ===")
-        runs.append(run_mode(mode, args, run_dir))
+        if base:
+            runs.append(run_pair_mode(mode, args, run_dir, {"baseline": base, "current": CURRENT}))
+        else:
+            runs.append(run_mode(mode, args, run_dir))
     took = time.monotonic() - started
-    section = build_section(args, runs)
+    section = build_pair_section(args, runs, base) if base else build_section(args, runs)
 
     day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     kind = "quick smoke run" if args.quick else "full run"
     label = f" ({args.label})" if args.label else ""
-    md = [f"## {day} — API, {kind}{label}: {', '.join(modes)}", ""]
+    versus = f", {base.label} vs current" if base else ""
+    md = [f"## {day} — API, {kind}{label}{versus}: {', '.join(modes)}", ""]
     for note in args.note:
         md += [note, ""]
     if args.quick:
         md += ["_Smoke run with short wrk runs: proves the script works; do not judge the targets on it._", ""]
     md += facts
+    if base:
+        md += benchlib.baseline_facts(base)
     md += [f"- Command: `{args.command_line}` ({took / 60:.1f} min)", ""]
-    if section.missed:
+    if section.missed and base:
+        md += ["Targets the current build missed in this run: " + "; ".join(section.missed) + ".", ""]
+    elif section.missed:
         md += ["Targets missed in this run: " + "; ".join(section.missed) + ".", ""]
+    elif base:
+        md += ["The current build met every target in this run.", ""]
     else:
         md += ["Every target was met in this run.", ""]
     md += section.markdown()
@@ -463,6 +724,8 @@ def main() -> int:
         results = ROOT / "bench" / "RESULTS.md"
     if results is not None and not args.no_results:
         marker = f"{day} {'quick' if args.quick else 'full'} {','.join(modes)}" + (f" {args.label}" if args.label else "")
+        if base:
+            marker += f" vs-{base.label.split()[-1]}"
         write_results(results if results.is_absolute() else ROOT / results, marker, text, kind="bench-api")
         log(f"wrote {results}")
     return 0

@@ -31,9 +31,41 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+class Binaries:
+    """One build's binaries: the API, the worker and the examples, in `directory` (a
+    cargo profile directory such as $CARGO_TARGET_DIR/release). `shown` is how commands
+    written into RESULTS.md name the directory."""
+
+    def __init__(self, directory: Path, label: str, shown: str, rev: str = "") -> None:
+        self.dir = directory
+        self.label = label
+        self.shown_dir = shown
+        self.rev = rev
+        self.api = directory / "monassurance-api"
+        self.worker = directory / "monassurance-worker"
+
+    def example(self, name: str) -> Path | None:
+        """examples/NAME, or None when the build has none (the NAME-<hash> files of a debug
+        `cargo test` there are test harnesses, not the example)."""
+        exact = self.dir / "examples" / name
+        return exact if exact.is_file() and os.access(exact, os.X_OK) else None
+
+    def shown(self, text: str) -> str:
+        return text.replace(str(self.dir), self.shown_dir) if str(self.dir) else text
+
+
 BIN_DIR = Path(os.environ.get("BENCH_BIN_DIR", ""))
-API_BIN = BIN_DIR / "monassurance-api"
-WORKER_BIN = BIN_DIR / "monassurance-worker"
+CURRENT = Binaries(
+    BIN_DIR,
+    "current",
+    "$CARGO_TARGET_DIR/release"
+    if str(BIN_DIR) == os.path.join(os.environ.get("CARGO_TARGET_DIR", "-"), "release")
+    else "$BENCH_BIN_DIR",
+)
+API_BIN = CURRENT.api
+WORKER_BIN = CURRENT.worker
 WRK_LUA = ROOT / "scripts" / "bench" / "wrk.lua"
 PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
@@ -382,6 +414,30 @@ def _system_ticks() -> tuple[int, int]:
     return sum(parts[:8]), idle
 
 
+# Processes of the bench that are not the ones measured (in a paired run, the other
+# build's deployment, idle meanwhile): pid -> the group their CPU time is counted in.
+IDLE_PARTNER = "idle partner: "
+IDLE_PIDS: dict[int, str] = {}
+
+
+class idle_partner:
+    """`with idle_partner(deployment, "baseline 0f12a53"):` counts that deployment's
+    processes as the idle partner's in every CpuWindow sampled meanwhile."""
+
+    def __init__(self, deployment, label: str) -> None:
+        self.pids = deployment.pids() if deployment is not None else []
+        self.label = IDLE_PARTNER + f"the {label} build's processes (not measured)"
+
+    def __enter__(self) -> "idle_partner":
+        for pid in self.pids:
+            IDLE_PIDS[pid] = self.label
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pid in self.pids:
+            IDLE_PIDS.pop(pid, None)
+
+
 class CpuWindow:
     """CPU seconds per kind of process between start() and a later sample."""
 
@@ -405,7 +461,7 @@ class CpuWindow:
         busy = ((total1 - total0) - (idle1 - idle0)) / CLK_TCK
         groups: dict[str, float] = {}
         for key, (comm, ticks) in procs1.items():
-            group = _classify(comm)
+            group = IDLE_PIDS.get(key[0]) or _classify(comm)
             before = procs0.get(key, ("", 0))[1]
             groups[group] = groups.get(group, 0.0) + (ticks - before) / CLK_TCK
         # Children reaped inside the window (wrk, cold wkhtmltopdf calls) are no longer in
@@ -421,7 +477,9 @@ class CpuWindow:
         known = sum(groups.values())
         groups["not the bench: everything else (kernel, short-lived processes)"] = max(0.0, busy - known)
         foreign = sum(v for k, v in groups.items() if k.startswith("not the bench: "))
+        partner = sum(v for k, v in groups.items() if k.startswith(IDLE_PARTNER))
         return {
+            "partner_s": partner,
             "wall_s": wall,
             "cores": cores,
             "busy_s": busy,
@@ -461,8 +519,9 @@ def cpu_table(cpu: dict) -> list[str]:
 class Deployment:
     """One run of the binaries: an API (embedded worker or not) and worker processes."""
 
-    def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, workdir: Path, env: dict[str, str], bins: Binaries = CURRENT) -> None:
         self.name = name
+        self.bins = bins
         self.workdir = workdir
         self.env = env
         self.port = int(env["BIND_ADDR"].rsplit(":", 1)[1])
@@ -505,7 +564,7 @@ class Deployment:
 
     def start_api(self, mode: str) -> None:
         log(f"{self.name}: starting monassurance-api {mode} on {self.base}")
-        self.api = self._spawn("api", [str(API_BIN), mode])
+        self.api = self._spawn("api", [str(self.bins.api), mode])
         self.wait_health(self.base + "/health", self.api, "api")
         status, body = http(
             "POST",
@@ -520,7 +579,7 @@ class Deployment:
         log(f"{self.name}: starting monassurance-worker #{index}")
         env = {"WORKER_HTTP_ADDR": "127.0.0.1:0"}
         env.update(extra or {})
-        proc = self._spawn(label, [str(WORKER_BIN)], env)
+        proc = self._spawn(label, [str(self.bins.worker)], env)
         self.workers.append(proc)
         # It listens on a port of the kernel's choosing: find it, then wait for /health.
         deadline = time.monotonic() + 60.0
@@ -550,6 +609,9 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise BenchError(f"{url} did not answer within {limit:.0f} s:\n{self.log_tail(label)}")
             time.sleep(0.05)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in [self.api, *self.workers] if p is not None and p.poll() is None]
 
     def stop(self) -> None:
         for i, proc in enumerate(self.workers):
@@ -651,7 +713,8 @@ def shown_env(env: dict[str, str]) -> str:
     return " ".join(parts)
 
 
-def new_deployment(run_dir: Path, name: str, extra: dict[str, str], postgres: bool) -> Deployment:
+def new_deployment(run_dir: Path, name: str, extra: dict[str, str], postgres: bool,
+                   bins: Binaries = CURRENT) -> Deployment:
     """A Deployment (not started) in run_dir/name: embedded (SQLite files under a fresh
     DATA_DIR, in-process queue) or, with `postgres`, a fresh database bench_<random> and a
     private Redis queue name, both removed at exit."""
@@ -670,7 +733,7 @@ def new_deployment(run_dir: Path, name: str, extra: dict[str, str], postgres: bo
             }
         )
     env.update(extra)
-    return Deployment(name, workdir, env)
+    return Deployment(name, workdir, env, bins)
 
 
 # --------------------------------------------------------------------------------------
@@ -782,10 +845,14 @@ def machine_facts() -> list[str]:
     os_name = sh(". /etc/os-release 2>/dev/null && echo \"$PRETTY_NAME\"")
     commit = sh(f"git -C {shlex.quote(str(ROOT))} rev-parse --short HEAD 2>/dev/null") or "unknown"
     dirty = sh(f"git -C {shlex.quote(str(ROOT))} status --porcelain --untracked-files=no 2>/dev/null")
+    home = os.environ.get("HOME") or "~"
+    given = str(CURRENT.dir).replace(home, "$HOME", 1) if str(CURRENT.dir).startswith(home + "/") else str(CURRENT.dir)
     return [
         f"- Date: `{sh('date -u')}`",
         f"- Machine: {cpu}, {os.cpu_count()} cores, {mem_kb / 1024 / 1024:.1f} GiB RAM, kernel {sh('uname -r')}, {os_name}",
-        f"- Code: commit {commit}" + (" with uncommitted changes in tracked files" if dirty else ""),
+        f"- Code: commit {commit}" + (" with uncommitted changes in tracked files" if dirty else "")
+        + (f"; binaries: the ones in `{given}` (BENCH_BIN_DIR, not built by this run)"
+           if CURRENT.shown_dir == "$BENCH_BIN_DIR" else ""),
         f"- Tools: {sh('wrk -v 2>&1 | head -1')}; "
         + (f"{sh('wkhtmltopdf --version')}; " if shutil.which("wkhtmltopdf") else "")
         + f"PostgreSQL {psql(PG_URL, 'SHOW server_version', check=False).strip()}; "
@@ -828,3 +895,139 @@ def write_results(path: Path, marker: str, section_md: str, kind: str = "bench-p
             text = text[:first] + block + "\n" + text[first:]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+# --------------------------------------------------------------------------------------
+# Same-run pairs against a baseline build (--baseline REV)
+# --------------------------------------------------------------------------------------
+
+
+def git(*args: str) -> str:
+    result = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"git {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def baseline_binaries(rev: str) -> Binaries:
+    """The baseline build's binaries: REV's, in $BENCH_BASELINE_BIN_DIR (the wrappers
+    build REV there; set it by hand to reuse binaries already built)."""
+    directory = os.environ.get("BENCH_BASELINE_BIN_DIR", "")
+    if not directory:
+        raise BenchError("--baseline needs BENCH_BASELINE_BIN_DIR: run the wrapper (scripts/bench-…), which builds REV")
+    try:
+        full = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except BenchError:
+        raise BenchError(f"--baseline {rev}: not a commit of this repository") from None
+    bins = Binaries(Path(directory), f"baseline {git('rev-parse', '--short', full)}", "$BENCH_BASELINE_BIN_DIR", full)
+    bins.subject = git("log", "-1", "--format=%s", full)
+    return bins
+
+
+def baseline_facts(base: Binaries) -> list[str]:
+    """The lines that say what a paired run compared, for the top of its section."""
+    current = sh(f"git -C {shlex.quote(str(ROOT))} rev-parse --short HEAD 2>/dev/null") or "unknown"
+    origin = os.environ.get("BENCH_BASELINE_ORIGIN", "")
+    rev = base.label.split()[-1]
+    home = os.environ.get("HOME") or "~"
+
+    def at(path: Path) -> str:
+        return str(path).replace(home, "$HOME", 1) if str(path).startswith(home + "/") else str(path)
+
+    where = {
+        "built": f"built by the wrapper from a temporary worktree of {rev} into `{at(base.dir)}`",
+        "reused": f"found in `{at(base.dir)}`, built there from a temporary worktree of {rev} by an earlier run",
+    }.get(origin, f"taken as found in `{at(base.dir)}` (BENCH_BASELINE_BIN_DIR, not built by this run)")
+    try:
+        stamp = (base.dir / "monassurance-baseline.commit").read_text().strip()
+    except OSError:
+        stamp = ""
+    if stamp and stamp != base.rev:
+        where += f"; **that directory says it holds a build of {stamp[:12]}, not of {rev}**"
+    return [
+        f"- Baseline: commit {rev} (\"{base.subject[:100]}\"), its binaries {where}",
+        f"- Harness: this commit's scripts ({current}) drive both builds; only the binaries are "
+        f"{rev}'s. Its own `scripts/bench` may differ and was not used.",
+    ]
+
+
+def names_known_to(rev: str) -> set[str] | None:
+    """Every quoted upper-case name in REV's Rust sources: a superset of the environment
+    variables its binaries read (None when git cannot tell)."""
+    try:
+        out = git("grep", "-ohE", r'"[A-Z][A-Z0-9_]{2,}"', rev, "--", "*.rs")
+    except BenchError:
+        return None
+    return {line.strip('"') for line in out.splitlines()}
+
+
+STANDARD_VARS = {"PATH", "HOME", "TMPDIR"}
+
+
+def unknown_variables(base: Binaries, deployments: list) -> str | None:
+    """A note naming the variables the harness set that REV's sources never mention (its
+    binaries ignore them), or None when there are none."""
+    known = names_known_to(base.rev)
+    names = set()
+    for d in deployments:
+        names |= set(d.env) - STANDARD_VARS
+        if d.workers:
+            names.add("WORKER_HTTP_ADDR")
+    if known is None:
+        return (f"Could not read {base.label}'s sources to check which of the variables set here "
+                f"its binaries know: {', '.join(sorted(names))}.")
+    missing = sorted(names - known)
+    if not missing:
+        return None
+    return (f"**Set for both builds but unknown to {base.label}** (its sources never name them, so "
+            f"its binaries ignore them): {', '.join(f'`{n}`' for n in missing)}.")
+
+
+def median_run(runs: list):
+    """The median of each number across rounds' results (nested dicts alike); anything
+    else is the first round's."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: median_run([r[k] for r in runs if isinstance(r, dict) and k in r]) for k in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool) and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) for r in runs
+    ):
+        return first if all(r == first for r in runs) else statistics.median(runs)
+    return first
+
+
+def round_order(rounds: int) -> list[list[str]]:
+    """Which build goes first in each round: baseline then current, then the reverse, and
+    so on (two rounds are ABBA, which cancels a drift that is linear in time)."""
+    return [["baseline", "current"] if r % 2 == 0 else ["current", "baseline"] for r in range(rounds)]
+
+
+def pair_ratio(current: float, baseline: float) -> str:
+    if not baseline or baseline != baseline or current != current:
+        return "—"
+    return f"{current / baseline:.2f}×"
+
+
+class PairSection(Section):
+    """A table of figures measured with both builds: baseline, current, current/baseline."""
+
+    def __init__(self, title: str, baseline_label: str) -> None:
+        super().__init__(title)
+        self.baseline_label = baseline_label
+
+    def pair(self, figure: str, base: str, cur: str, ratio: str, target: str = "—",
+             met: tuple[bool | None, bool | None] = (None, None)) -> None:
+        def mark(m):
+            return "—" if m is None else ("**yes**" if m else "**no**")
+
+        shown = "—" if met == (None, None) else f"{mark(met[0])} / {mark(met[1])}"
+        self.rows.append([figure, base, cur, ratio, target, shown])
+        if met[1] is False:
+            self.missed.append(figure)
+
+    def markdown(self) -> list[str]:
+        out = super().markdown()
+        header = (f"| figure | {self.baseline_label} | current | current / baseline | target | "
+                  "met? baseline / current |")
+        swap = {"| figure |": header, "|---|---:|---|": "|---|---:|---:|---:|---|:-:|"}
+        return [next((v for k, v in swap.items() if line.startswith(k)), line) for line in out]

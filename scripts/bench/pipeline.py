@@ -11,6 +11,11 @@ Scenarios (--scenarios, comma-separated; default all):
   xlsx      worker RSS while it writes a 100,000-row XLSX (Postgres + Redis)
   download  API RSS growth while streaming a 50 MB encrypted document (embedded)
 
+With --baseline REV (the wrapper builds REV's binaries into $BENCH_BASELINE_BIN_DIR), the
+html scenario runs as same-run pairs: per deployment REV's binaries and the current ones
+side by side, each measurement for both back to back (--rounds, default 2: baseline,
+current, current, baseline); the other scenarios run for the current build only.
+
 Python 3.9+ standard library only; needs wrk, psql, redis-cli, curl, wkhtmltopdf. The
 machinery it shares with scripts/bench-api is in benchlib.py.
 """
@@ -38,9 +43,12 @@ from benchlib import (
     BIN_DIR,
     ROOT,
     WORKER_BIN,
+    CURRENT,
     BenchError,
+    Binaries,
     CpuWindow,
     Deployment,
+    PairSection,
     RssSampler,
     Section,
     cpu_table,
@@ -191,8 +199,9 @@ def pipeline_stats(rows: list[tuple]) -> dict:
     }
 
 
-def new_deployment(run_dir: Path, name: str, extra: dict[str, str], postgres: bool) -> tuple[Deployment, Store]:
-    deployment = benchlib.new_deployment(run_dir, name, extra, postgres)
+def new_deployment(run_dir: Path, name: str, extra: dict[str, str], postgres: bool,
+                   bins: Binaries = CURRENT) -> tuple[Deployment, Store]:
+    deployment = benchlib.new_deployment(run_dir, name, extra, postgres, bins)
     if postgres:
         store = Store(pg_url=deployment.env["DATABASE_URL"])
     else:
@@ -287,19 +296,21 @@ XLSX_SPEC = {
 # --------------------------------------------------------------------------------------
 
 
-def scenario_html(args, run_dir: Path) -> Section:
-    section = Section("1. HTML documents end to end (submit → ready)")
-    seconds, warm = (3, 1) if args.quick else (args.duration, 2)
-    conns, threads = args.connections, args.threads
-
-    # Baseline: the bare work, synchronous, on one thread, no HTTP, database or queue.
+def html_sync_loop(args, run_dir: Path, bins: Binaries = CURRENT) -> tuple[dict, str] | None:
+    """The bare work, synchronous, on one thread, no HTTP, database or queue: the build's
+    own examples/pdf_engine_bench html-loop (else the current build's; None when neither
+    has it). Returns its figures (with "example_of") and the command as shown."""
+    owner = bins if bins.example("pdf_engine_bench") else CURRENT
+    example = owner.example("pdf_engine_bench")
+    if example is None:
+        return None
     template_file = run_dir / "attestation.html.j2"
     template_file.write_text(ATTESTATION)
     context_file = run_dir / "attestation-context.json"
     context_file.write_text(json.dumps(ATTESTATION_CONTEXT))
     loop_count = 2000 if args.quick else 20000
     argv = [
-        str(EXAMPLE),
+        str(example),
         "html-loop",
         "--template",
         str(template_file),
@@ -310,74 +321,115 @@ def scenario_html(args, run_dir: Path) -> Section:
         "--count",
         str(loop_count),
     ]
-    log(f"html: synchronous render+write loop baseline ({loop_count} documents, one thread)")
+    log(f"html: synchronous render+write loop baseline ({loop_count} documents, one thread)"
+        + ("" if bins is CURRENT else f", {bins.label} build"))
     sync = json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
+    sync["example_of"] = owner.label
     shutil.rmtree(run_dir / "html-loop", ignore_errors=True)
-    section.commands.append(
-        "# baseline: synchronous render + hash + write loop, one thread\n"
-        + " ".join(shlex.quote(a) for a in argv).replace(str(run_dir), "<run dir>").replace(str(BIN_DIR), "$CARGO_TARGET_DIR/release")
+    return sync, owner.shown(" ".join(shlex.quote(a) for a in argv).replace(str(run_dir), "<run dir>"))
+
+
+HTML_LABELS = {"embedded": "embedded (SQLite)", "postgres": "Postgres + Redis"}
+
+
+def html_start(run_dir: Path, mode: str, bins: Binaries = CURRENT, suffix: str = "") -> tuple[Deployment, Store, str]:
+    """Starts the HTML scenario's deployment of `mode` (embedded: `all`; Postgres + Redis:
+    `serve` and two workers) and creates its template. Returns it, its store and the
+    template's id; stop it with deployment.stop()."""
+    postgres = mode == "postgres"
+    extra = {"WORKER_CONCURRENCY": "8", "WORKER_POLL_MS": "10"}
+    deployment, store = new_deployment(run_dir, f"html-{mode}{suffix}", extra, postgres, bins)
+    try:
+        deployment.start_api("serve" if postgres else "all")
+        if postgres:
+            for i in range(2):
+                deployment.start_worker(i)
+        template_id = deployment.create_template("Attestation bench", "html", ATTESTATION)
+    except BaseException:
+        deployment.stop()
+        raise
+    return deployment, store, template_id
+
+
+def html_body(run_dir: Path, name: str, template_id: str, document_type: str) -> Path:
+    path = run_dir / f"{name}-{document_type}.json"
+    path.write_text(
+        json.dumps({"document_type": document_type, "template_id": template_id, "inline_context": ATTESTATION_CONTEXT})
     )
+    return path
+
+
+def html_health(deployment: Deployment, args, seconds: float) -> dict:
+    """Raw HTTP capacity of the same process under the same wrk settings."""
+    log(f"{deployment.name}: baseline wrk GET /health ({seconds} s)")
+    return run_wrk(deployment.base + "/health", seconds, args.connections, args.threads, {"BENCH_METHOD": "GET"})
+
+
+def html_warmup(deployment: Deployment, store: Store, args, seconds: float, body: Path) -> None:
+    log(f"{deployment.name}: warm-up ({seconds} s)")
+    run_wrk(
+        deployment.base + "/api/v1/documents/generate",
+        seconds,
+        args.connections,
+        args.threads,
+        {"BENCH_METHOD": "POST", "BENCH_TOKEN": deployment.token, "BENCH_BODY_FILE": str(body)},
+    )
+    store.wait_drained(deployment)
+
+
+def html_submit(deployment: Deployment, store: Store, args, seconds: float, body: Path,
+                document_type: str) -> tuple[dict, dict, dict, dict]:
+    """wrk POSTs `body` for `seconds`, then waits for the queue to drain. Returns the
+    pipeline's figures for `document_type`, wrk's, the CPU window's and the drain's."""
+    conns, threads = args.connections, args.threads
+    log(f"{deployment.name}: wrk POST /documents/generate, {conns} connections, {threads} threads, {seconds} s")
+    cpu = CpuWindow().start()
+    submit = run_wrk(
+        deployment.base + "/api/v1/documents/generate",
+        seconds,
+        conns,
+        threads,
+        {"BENCH_METHOD": "POST", "BENCH_TOKEN": deployment.token, "BENCH_BODY_FILE": str(body)},
+    )
+    log(f"{deployment.name}: {submit['requests']} submitted ({submit['per_second']:.0f}/s); waiting for the queue to drain")
+    drain = store.wait_drained(deployment, cpu)
+    cpu_stats = cpu.stop(drain["cpu_end"])
+    stats = pipeline_stats(store.rows(document_type))
+    log(
+        f"{deployment.name}: {stats['ready']} ready in {stats['span_s']:.1f} s = {stats['per_second']:.0f}/s, "
+        f"p50 {stats['p50_ms']:.0f} ms, p99 {stats['p99_ms']:.0f} ms, {stats['failed']} failed"
+    )
+    return stats, submit, cpu_stats, drain
+
+
+def scenario_html(args, run_dir: Path) -> Section:
+    section = Section("1. HTML documents end to end (submit → ready)")
+    seconds, warm = (3, 1) if args.quick else (args.duration, 2)
+
+    sync, sync_cmd = html_sync_loop(args, run_dir)
+    section.commands.append("# baseline: synchronous render + hash + write loop, one thread\n" + sync_cmd)
 
     results = {}
     for mode in ("embedded", "postgres"):
-        postgres = mode == "postgres"
-        label = "Postgres + Redis" if postgres else "embedded (SQLite)"
-        extra = {"WORKER_CONCURRENCY": "8", "WORKER_POLL_MS": "10"}
-        deployment, store = new_deployment(run_dir, f"html-{mode}", extra, postgres)
+        label = HTML_LABELS[mode]
+        deployment = None
         try:
-            deployment.start_api("serve" if postgres else "all")
-            if postgres:
-                for i in range(2):
-                    deployment.start_worker(i)
+            deployment, store, template_id = html_start(run_dir, mode)
             section.commands.append(
                 f"# {label}: environment\n{shown_env(deployment.env)}\n"
-                + "\n".join(c.replace(str(BIN_DIR), "$CARGO_TARGET_DIR/release") for c in deployment.commands)
+                + "\n".join(CURRENT.shown(c) for c in deployment.commands)
             )
-            template_id = deployment.create_template("Attestation bench", "html", ATTESTATION)
-            bodies = {}
-            for kind in ("warmup", "attestation"):
-                path = run_dir / f"{mode}-{kind}.json"
-                path.write_text(
-                    json.dumps(
-                        {"document_type": kind, "template_id": template_id, "inline_context": ATTESTATION_CONTEXT}
-                    )
-                )
-                bodies[kind] = path
-            generate_url = deployment.base + "/api/v1/documents/generate"
-            # Baseline: raw HTTP capacity of the same process under the same wrk settings.
-            log(f"html/{mode}: baseline wrk GET /health ({seconds} s)")
-            health = run_wrk(deployment.base + "/health", seconds, conns, threads, {"BENCH_METHOD": "GET"})
-            log(f"html/{mode}: warm-up ({warm} s)")
-            run_wrk(
-                generate_url,
-                warm,
-                conns,
-                threads,
-                {"BENCH_METHOD": "POST", "BENCH_TOKEN": deployment.token, "BENCH_BODY_FILE": str(bodies["warmup"])},
-            )
-            store.wait_drained(deployment)
-            log(f"html/{mode}: wrk POST /documents/generate, {conns} connections, {threads} threads, {seconds} s")
-            cpu = CpuWindow().start()
-            submit = run_wrk(
-                generate_url,
-                seconds,
-                conns,
-                threads,
-                {"BENCH_METHOD": "POST", "BENCH_TOKEN": deployment.token, "BENCH_BODY_FILE": str(bodies["attestation"])},
-            )
-            log(f"html/{mode}: {submit['requests']} submitted ({submit['per_second']:.0f}/s); waiting for the queue to drain")
-            drain = store.wait_drained(deployment, cpu)
-            cpu_stats = cpu.stop(drain["cpu_end"])
-            stats = pipeline_stats(store.rows("attestation"))
-            log(
-                f"html/{mode}: {stats['ready']} ready in {stats['span_s']:.1f} s = {stats['per_second']:.0f}/s, "
-                f"p50 {stats['p50_ms']:.0f} ms, p99 {stats['p99_ms']:.0f} ms, {stats['failed']} failed"
-            )
+            bodies = {kind: html_body(run_dir, mode, template_id, kind) for kind in ("warmup", "attestation")}
+            health = html_health(deployment, args, seconds)
+            html_warmup(deployment, store, args, warm, bodies["warmup"])
+            stats, submit, cpu_stats, drain = html_submit(deployment, store, args, seconds, bodies["attestation"],
+                                                          "attestation")
             section.commands.append(f"# {label}: raw HTTP baseline\n{health['command']}")
             section.commands.append(f"# {label}: load\n{submit['command']}")
             results[mode] = (stats, submit, health, cpu_stats, drain, label)
         finally:
-            deployment.stop()
+            if deployment is not None:
+                deployment.stop()
 
     for mode, (stats, submit, health, cpu_stats, drain, label) in results.items():
         rate = stats["per_second"]
@@ -459,6 +511,176 @@ def scenario_html(args, run_dir: Path) -> Section:
             section.notes.append(f"{label}: **documents/s target {missed_by(rate, 1000, True)}**.")
         section.extra.append(f"**{label}** — " + "\n".join(cpu_table(cpu_stats)))
         section.extra.append("")
+    return section
+
+
+def scenario_html_pair(args, run_dir: Path, base: Binaries) -> PairSection:
+    """The HTML scenario as same-run pairs: per deployment, both builds started side by
+    side; /health, then the load (each with its drain), measured for one build and right
+    after for the other, in rounds that alternate which goes first."""
+    section = PairSection(
+        f"1. HTML documents end to end (submit → ready), {base.label} vs current "
+        f"({args.rounds} round{'s' if args.rounds > 1 else ''})",
+        base.label,
+    )
+    section.short = f"HTML ({base.label} vs current)"
+    seconds, warm = (3, 1) if args.quick else (args.duration, 2)
+    builds = {"baseline": base, "current": CURRENT}
+    other = {"baseline": "current", "current": "baseline"}
+    pr = benchlib.pair_ratio
+    orders = benchlib.round_order(args.rounds)
+
+    sync = {key: [] for key in builds}
+    sync_cmd = {}
+    for r, order in enumerate(orders):
+        for key in order:
+            found = html_sync_loop(args, run_dir, builds[key])
+            if found:
+                sync[key].append(found[0])
+                sync_cmd[key] = found[1]
+    sync = {key: benchlib.median_run(v) if v else None for key, v in sync.items()}
+    for key in builds:
+        if key in sync_cmd:
+            section.commands.append(
+                f"# {key}: baseline, synchronous render + hash + write loop, one thread\n" + sync_cmd[key]
+            )
+    if sync["baseline"] and sync["current"]:
+        section.pair(
+            "synchronous render + write loop, one thread (the build's own `pdf_engine_bench html-loop`)",
+            fmt_rate(sync["baseline"]["per_second"]), fmt_rate(sync["current"]["per_second"]),
+            pr(sync["current"]["per_second"], sync["baseline"]["per_second"]),
+        )
+        if sync["baseline"]["example_of"] != base.label:
+            section.notes.append("The baseline build has no `examples/pdf_engine_bench`: its loop row is the "
+                                 "current build's example run twice.")
+    else:
+        section.notes.append("No `examples/pdf_engine_bench` in either build: the synchronous loop was not measured.")
+
+    for mode in ("embedded", "postgres"):
+        label = HTML_LABELS[mode]
+        deps: dict[str, tuple] = {}
+        runs = {key: [{} for _ in orders] for key in builds}
+        try:
+            for key, bins in builds.items():
+                deployment, store, template_id = html_start(run_dir, mode, bins, f"-{key}")
+                deps[key] = (deployment, store, template_id)
+                section.commands.append(
+                    f"# {label}, {key}: environment\n{shown_env(deployment.env)}\n"
+                    + "\n".join(bins.shown(c) for c in deployment.commands)
+                )
+            for step in ("health", "warmup", "submit"):
+                for r, order in enumerate(orders):
+                    if step == "warmup" and r > 0:
+                        break
+                    for key in order:
+                        deployment, store, template_id = deps[key]
+                        log(f"--- html/{mode}: {step}, round {r + 1}/{len(orders)}: {builds[key].label}")
+                        with benchlib.idle_partner(deps[other[key]][0], builds[other[key]].label):
+                            if step == "health":
+                                runs[key][r]["health"] = html_health(deployment, args, seconds)
+                            elif step == "warmup":
+                                body = html_body(run_dir, f"{mode}-{key}", template_id, "warmup")
+                                html_warmup(deployment, store, args, warm, body)
+                            else:
+                                doc_type = f"attestation-{r + 1}"
+                                body = html_body(run_dir, f"{mode}-{key}", template_id, doc_type)
+                                stats, submit, cpu_stats, drain = html_submit(
+                                    deployment, store, args, seconds, body, doc_type
+                                )
+                                runs[key][r].update(stats=stats, submit=submit, cpu=cpu_stats, drain=drain)
+            unknown = benchlib.unknown_variables(base, [d for d, _, _ in deps.values()])
+        finally:
+            for deployment, _, _ in deps.values():
+                deployment.stop()
+
+        b, c = (benchlib.median_run(runs[key]) for key in ("baseline", "current"))
+        rb, rc = b["stats"]["per_second"], c["stats"]["per_second"]
+        section.pair(f"{label}: documents ready per second", fmt_rate(rb), fmt_rate(rc), pr(rc, rb),
+                     "≥ 1,000/s", (rb >= 1000, rc >= 1000))
+        section.pair(
+            f"{label}: latency submit → ready, p50 / p99",
+            f"{b['stats']['p50_ms']:,.0f} / {b['stats']['p99_ms']:,.0f} ms",
+            f"{c['stats']['p50_ms']:,.0f} / {c['stats']['p99_ms']:,.0f} ms",
+            f"p50 {pr(c['stats']['p50_ms'], b['stats']['p50_ms'])}, p99 {pr(c['stats']['p99_ms'], b['stats']['p99_ms'])}",
+        )
+        sb, sc = b["submit"]["per_second"], c["submit"]["per_second"]
+        section.pair(f"{label}: submit throughput (wrk, 202s)", fmt_rate(sb), fmt_rate(sc), pr(sc, sb))
+        hb, hc = b["health"]["per_second"], c["health"]["per_second"]
+        section.pair(f"{label}: GET /health, same processes and wrk settings", fmt_rate(hb), fmt_rate(hc), pr(hc, hb))
+
+        def per_doc_ms(x):
+            cpu = x["cpu"]
+            bench = max(0.0, cpu["busy_s"] - cpu["foreign_s"] - cpu.get("partner_s", 0.0))
+            return 1000.0 * bench / x["stats"]["ready"]
+
+        db, dc = per_doc_ms(b), per_doc_ms(c)
+        budget = 1000.0 * c["cpu"]["cores"] / 1000
+        section.pair(
+            f"{label}: CPU per ready document (every bench process of the measured build: API, workers, "
+            "databases, wrk)",
+            f"{db:.2f} ms", f"{dc:.2f} ms", pr(dc, db), f"≤ {budget:.1f} ms", (None, None),
+        )
+        section.pair(
+            f"{label}: the worker's own render / store, mean",
+            f"{b['stats']['render_mean_ms']:.2f} / {b['stats']['store_mean_ms']:.2f} ms",
+            f"{c['stats']['render_mean_ms']:.2f} / {c['stats']['store_mean_ms']:.2f} ms",
+            f"{pr(c['stats']['render_mean_ms'], b['stats']['render_mean_ms'])} / "
+            f"{pr(c['stats']['store_mean_ms'], b['stats']['store_mean_ms'])}",
+        )
+
+        def counts(key):
+            rs = runs[key]
+            return (sum(x["submit"]["non_2xx"] for x in rs), sum(x["submit"]["socket_errors"] for x in rs),
+                    sum(x["stats"]["failed"] for x in rs), sum(x["stats"]["left_queued"] for x in rs))
+
+        cb, cc = counts("baseline"), counts("current")
+        section.pair(
+            f"{label}: non-2xx / socket errors / failed documents / left queued (every round)",
+            " / ".join(map(str, cb)), " / ".join(map(str, cc)), "—", "0 / 0 / 0 / —",
+            (cb[:3] == (0, 0, 0), cc[:3] == (0, 0, 0)),
+        )
+        if len(orders) > 1:
+            ratios = [pr(y["stats"]["per_second"], x["stats"]["per_second"]) for x, y in zip(runs["baseline"], runs["current"])]
+            section.notes.append(f"{label}: documents ready per second, current / baseline per round: {', '.join(ratios)}.")
+        worst = {k: max(x["cpu"]["foreign_pct"] for x in runs[k]) for k in builds}
+        section.notes.append(
+            f"{label}: processes that are not part of the bench took up to {worst['baseline']:.0f}% of the machine "
+            f"during a baseline load window, up to {worst['current']:.0f}% during a current one"
+            + (" (**figures lower than a quiet machine gives**)." if max(worst.values()) >= 10 else ".")
+        )
+        if cb[3] or cc[3]:
+            section.notes.append(
+                f"{label}: documents left `queued` (baseline {cb[3]}, current {cc[3]}) are requests wrk cut off "
+                "at its stop, after the row was written and before the job was pushed; they are excluded "
+                "from the figures."
+            )
+        if unknown:
+            section.notes.append(f"{label}: {unknown}")
+        for key, x in (("baseline", b), ("current", c)):
+            section.extra.append(f"**{label}, {key}** — " + "\n".join(cpu_table(x["cpu"])))
+            section.extra.append("")
+        section.commands.append(
+            f"# {label}: raw HTTP baseline, then the load (the current build's round 1; the baseline's is the "
+            f"same on its own port, with its own token and body)\n{runs['current'][0]['health']['command']}\n"
+            f"{runs['current'][0]['submit']['command']}"
+        )
+
+    section.notes.append(
+        "Ratio: current / baseline (above 1 is better for rates, below 1 for latencies and CPU). Each "
+        "figure is the median of the rounds."
+    )
+    section.notes.append(
+        "How the pairs were taken: per deployment, both builds were started side by side (each on its own "
+        "fresh DATA_DIR, database and Redis queue, the same environment: WORKER_CONCURRENCY=8, "
+        "WORKER_POLL_MS=10, two workers for Postgres + Redis), one warm-up load each, then GET /health and "
+        "the measured load (wrk, then waiting for the queue to drain) for one build and right after for "
+        "the other"
+        + (", in rounds that alternate which goes first (two rounds: baseline, current, current, baseline)"
+           if len(orders) > 1 else ", baseline first")
+        + ". Each round's documents have their own document_type, so its figures count only its own. "
+        "The other build's processes sat idle meanwhile; the CPU tables count them apart (\"idle partner\") "
+        "and the CPU per document leaves them out."
+    )
     return section
 
 
@@ -841,8 +1063,16 @@ def main() -> int:
     parser.add_argument("--xlsx-rows", type=int, default=0, help="XLSX rows (100000; quick 10000)")
     parser.add_argument("--download-mb", type=int, default=0, help="download size in MB (50; quick 8)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, databases files)")
+    parser.add_argument("--baseline", metavar="REV", default="",
+                        help="same-run pairs for the html scenario: measure REV's binaries (in "
+                        "$BENCH_BASELINE_BIN_DIR, built by the wrapper) and the current ones back to back; "
+                        "other scenarios run with the current binaries only")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --baseline: pairs per figure, alternating which build goes first (2: ABBA)")
     parser.add_argument("--command-line", default="scripts/bench-pipeline", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
 
     chosen = []
     for name in args.scenarios.split(","):
@@ -851,31 +1081,58 @@ def main() -> int:
             parser.error(f"unknown scenario {name!r}: choose from {', '.join(SCENARIOS)}")
         if name not in chosen:
             chosen.append(name)
-    for binary in (API_BIN, WORKER_BIN, EXAMPLE):
-        if not binary.exists():
-            raise BenchError(f"{binary} is missing: run scripts/bench-pipeline, which builds it")
+    base = None
+    if args.baseline:
+        base = benchlib.baseline_binaries(args.baseline)
+        needed = [CURRENT.api, CURRENT.worker, base.api, base.worker]
+        if "pdf" in chosen:
+            needed.append(EXAMPLE)
+        for binary in needed:
+            if not binary.exists():
+                raise BenchError(f"{binary} is missing: run scripts/bench-pipeline --baseline {args.baseline}, "
+                                 "which builds it")
+    else:
+        for binary in (API_BIN, WORKER_BIN, EXAMPLE):
+            if not binary.exists():
+                raise BenchError(f"{binary} is missing: run scripts/bench-pipeline, which builds it")
 
     run_dir = start_run("monassurance-bench-", args.keep)
-    log(f"run directory {run_dir}; scenarios {', '.join(chosen)}{' (quick)' if args.quick else ''}")
+    log(f"run directory {run_dir}; scenarios {', '.join(chosen)}{' (quick)' if args.quick else ''}"
+        + (f"; html paired against {base.label} ({base.dir}), {args.rounds} round(s)" if base else ""))
 
     facts = machine_facts()
     sections = []
     started = time.monotonic()
     for name in chosen:
         log(f"=== scenario {name} ===")
-        sections.append(SCENARIOS[name](args, run_dir))
+        if base and name == "html":
+            sections.append(scenario_html_pair(args, run_dir, base))
+        else:
+            section = SCENARIOS[name](args, run_dir)
+            if base:
+                section.title += " — current build only (not paired)"
+            sections.append(section)
     took = time.monotonic() - started
 
     day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     kind = "quick smoke run" if args.quick else "full run"
-    md = [f"## {day} — {kind}: {', '.join(chosen)}", ""]
+    versus = f", {base.label} vs current" if base else ""
+    md = [f"## {day} — {kind}{versus}: {', '.join(chosen)}", ""]
     if args.quick:
         md += ["_Smoke run with small sizes: proves the scenarios work; do not judge the targets on it._", ""]
     md += facts
+    if base:
+        md += benchlib.baseline_facts(base)
+        unpaired = [n for n in chosen if n != "html"]
+        if unpaired:
+            md += [f"- Paired: html only; {', '.join(unpaired)} ran with the current binaries alone."]
     md += [f"- Command: `{args.command_line}` ({took / 60:.1f} min)", ""]
-    missed = [f"{s.title.split(' ', 1)[1]}: {m}" for s in sections for m in s.missed]
+    missed = [f"{getattr(s, 'short', s.title.split(' ', 1)[1])}: {m}" for s in sections for m in s.missed]
     if missed:
-        md += ["Targets missed in this run: " + "; ".join(missed) + ".", ""]
+        md += [("Targets the current build missed in this run: " if base else "Targets missed in this run: ")
+               + "; ".join(missed) + ".", ""]
+    elif base:
+        md += ["The current build met every target in this run.", ""]
     else:
         md += ["Every target was met in this run.", ""]
     for section in sections:
@@ -888,6 +1145,8 @@ def main() -> int:
         results = ROOT / "bench" / "RESULTS.md"
     if results is not None and not args.no_results:
         marker = f"{day} {'quick' if args.quick else 'full'} {','.join(chosen)}"
+        if base:
+            marker += f" vs-{base.label.split()[-1]}"
         write_results(results if results.is_absolute() else ROOT / results, marker, text)
         log(f"wrote {results}")
     return 0
