@@ -15,8 +15,17 @@ input) are generated too; their answers must be documented and never 5xx, but an
 request that is accepted is not flagged. (`negative_data_rejection`
 is not used: schemathesis 4.32.5 wrongly counts an optional property as required in
 some bodies, e.g. `scope` of POST /templates.) The two operations that end the caller's own session
-(`POST /auth/revoke-all`, `DELETE /auth/devices/{id}`) run in a second pass, so that the
-first is not turned into a run of 401s.
+(`POST /auth/revoke-all`, `DELETE /auth/devices/{id}`) run last, each in a pass of its own
+with a fresh token, so that neither turns another operation into a run of 401s.
+
+A run depends on its seed alone, so CI's fixed seed repeats the same cases and a random
+seed a person's run prints replays its finding (`--seed N`): one schemathesis worker (with
+two, which operation runs first, and so what the server already holds, varies), no
+Hypothesis example database and no schemathesis cache (both would replay what earlier runs
+on this machine found), this directory's schemathesis.toml and no other, a fixed Python
+hash seed, and schemathesis started in the run's own empty directory without the caller's
+HYPOTHESIS_* or SCHEMATHESIS_* variables. What still varies is what the server makes up
+(ids, times), never the cases.
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from benchlib import free_port, http  # noqa: E402  (the bench scripts' HTTP helpers)
 
+CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
+#: CI's seed (scripts/test): every run repeats the same cases.
+FIXED_SEED = 20261125
+DEFAULT_MAX_EXAMPLES = 25
 ADMIN_EMAIL = "fuzz-admin@example.com"
 ADMIN_PASSWORD = "fuzz-admin-password"
 CHECKS = ",".join(
@@ -60,7 +73,7 @@ def login(base: str) -> str:
     return tokens["access_token"]
 
 
-def seed(base: str) -> str:
+def populate(base: str) -> str:
     """Creates one of everything as the admin; returns the admin's token."""
     token = login(base)
 
@@ -127,9 +140,13 @@ def logged_error(line: str) -> bool:
     return entry.get("level") == "ERROR"
 
 
-def schemathesis(base: str, token: str, flag: str, operations: list[str], args, deployment: str) -> bool:
+def schemathesis(
+    base: str, token: str, flag: str, operations: list[str], args, seed: int, deployment: str, work: Path
+) -> bool:
     command = [
         str(args.schemathesis),
+        "--config-file",
+        str(CONFIG),
         "run",
         f"{base}/api/v1/openapi.json",
         "--checks",
@@ -140,9 +157,11 @@ def schemathesis(base: str, token: str, flag: str, operations: list[str], args, 
         "--max-examples",
         str(args.max_examples),
         "--seed",
-        str(args.seed),
+        str(seed),
+        "--generation-database",
+        "none",
         "--workers",
-        "2",
+        "1",
         "--request-timeout",
         "40",
         "--phases",
@@ -153,10 +172,12 @@ def schemathesis(base: str, token: str, flag: str, operations: list[str], args, 
     ]
     shown = " ".join("Authorization: Bearer <admin>" if "Bearer" in c else c for c in command)
     log(f"{deployment}: {shown}")
-    return subprocess.run(command).returncode == 0
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HYPOTHESIS_", "SCHEMATHESIS_"))}
+    env["PYTHONHASHSEED"] = "0"
+    return subprocess.run(command, cwd=work, env=env).returncode == 0
 
 
-def run(deployment: str, args, api_binary: Path) -> bool:
+def run(deployment: str, args, seed: int) -> bool:
     work = Path(tempfile.mkdtemp(prefix=f"schemathesis-{deployment}-"))
     port = free_port()
     # Nothing from the caller's environment or a `.env` (the server runs in the run's own
@@ -176,7 +197,7 @@ def run(deployment: str, args, api_binary: Path) -> bool:
             "LOG_LEVEL": "warn",
             "ENVIRONMENT": "development",
             "LOG_JSON": "true",
-            # The login guard would refuse the second pass's login after the first pass
+            # The login guard would refuse the later passes' logins after the first pass
             # fuzzed POST /auth/login (its 429 is tested in api/tests/api/limits.rs).
             "LOGIN_ATTEMPTS_ENABLED": "false",
         }
@@ -199,7 +220,7 @@ def run(deployment: str, args, api_binary: Path) -> bool:
     log_path = work / "api.log"
     with open(log_path, "wb") as log_file:
         server = subprocess.Popen(
-            [str(api_binary), "all"], env=env, cwd=work, stdout=log_file, stderr=subprocess.STDOUT
+            [str(args.api_binary), "all"], env=env, cwd=work, stdout=log_file, stderr=subprocess.STDOUT
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -213,14 +234,17 @@ def run(deployment: str, args, api_binary: Path) -> bool:
                     raise SystemExit(f"the API did not start:\n{log_path.read_text()}")
                 time.sleep(0.1)
         ok = True
-        # Two passes: the operations that end the caller's own session (every device, or
-        # the one the token belongs to, whose id GET /auth/devices shows) run last, with a
-        # fresh token, so they cannot turn the main pass into a run of 401s.
+        # The operations that end the caller's own session (every device, or the one the
+        # token belongs to, whose id GET /auth/devices shows) run last, each with a fresh
+        # token: in one pass, the first would leave the other only 401s.
         session_enders = ["revoke_all", "revoke_device"]
-        token = seed(base)
-        ok = schemathesis(base, token, "--exclude-operation-id", session_enders, args, deployment)
-        token = login(base)
-        ok = schemathesis(base, token, "--include-operation-id", session_enders, args, deployment) and ok
+        token = populate(base)
+        fuzz = work / "schemathesis"
+        fuzz.mkdir()
+        ok = schemathesis(base, token, "--exclude-operation-id", session_enders, args, seed, deployment, fuzz)
+        for operation in session_enders:
+            token = login(base)
+            ok = schemathesis(base, token, "--include-operation-id", [operation], args, seed, deployment, fuzz) and ok
     finally:
         server.terminate()
         try:
@@ -252,21 +276,58 @@ def run(deployment: str, args, api_binary: Path) -> bool:
     return ok
 
 
+def replay_command(seed: int, deployment: str, args) -> str:
+    """The command that repeats one deployment's run of `seed`."""
+    command = ["scripts/schemathesis", "--seed", str(seed), "--deployments", deployment]
+    if args.max_examples != DEFAULT_MAX_EXAMPLES:
+        command += ["--max-examples", str(args.max_examples)]
+    if args.extra:
+        command += ["--", *args.extra]
+    return " ".join(command)
+
+
+def fuzz_once(args, seed: int) -> bool:
+    """Fuzzes every deployment asked for with `seed`; says how each went."""
+    log(f"seed {seed}")
+    results = {d: run(d, args, seed) for d in args.deployments.split(",") if d}
+    for deployment, ok in results.items():
+        log(f"{deployment}: {'passed' if ok else 'FAILED'} with seed {seed}")
+        if not ok:
+            log(f"  replay: {replay_command(seed, deployment, args)}")
+    return all(results.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--deployments", default="embedded,postgres", help="embedded, postgres or both (comma-separated)")
-    parser.add_argument("--max-examples", type=int, default=25, help="test cases per operation and phase")
-    parser.add_argument("--seed", type=int, default=20261125, help="schemathesis seed (fixed: reruns repeat)")
+    parser.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES, help="test cases per operation and phase")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=FIXED_SEED, help=f"schemathesis seed (default {FIXED_SEED}, CI's)")
+    seeds.add_argument("--random", action="store_true", help="a fresh random seed for each run, printed to replay a finding")
+    parser.add_argument("--runs", type=int, default=1, help="with --random: runs in a row, stopping at the first finding")
     parser.add_argument("--api-binary", type=Path, required=True)
     parser.add_argument("--schemathesis", type=Path, default=Path("schemathesis"), help="the schemathesis executable")
     parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--redis-url", default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379"))
     parser.add_argument("extra", nargs="*", help="more schemathesis arguments (after --)")
     args = parser.parse_args()
-    results = {d: run(d, args, args.api_binary) for d in args.deployments.split(",") if d}
-    for deployment, ok in results.items():
-        log(f"{deployment}: {'passed' if ok else 'FAILED'}")
-    return 0 if all(results.values()) else 1
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if args.runs != 1 and not args.random:
+        parser.error("--runs needs --random (a fixed seed repeats the same run)")
+    if not args.random:
+        return 0 if fuzz_once(args, args.seed) else 1
+    history = []
+    for number in range(1, args.runs + 1):
+        seed = secrets.randbelow(2**32)
+        log(f"random run {number} of {args.runs}")
+        ok = fuzz_once(args, seed)
+        history.append((seed, ok))
+        if not ok:
+            break
+    for number, (seed, ok) in enumerate(history, 1):
+        log(f"run {number}: seed {seed} {'clean' if ok else 'FAILED'}")
+    return 0 if all(ok for _, ok in history) else 1
 
 
 if __name__ == "__main__":

@@ -6,16 +6,25 @@
 //! however large the log is. Fields are quoted when they hold the delimiter, a quote or a
 //! line break, and a field starting with `=`, `+`, `-` or `@` gets a `'` prefix so a
 //! spreadsheet shows it as text instead of running it as a formula.
+//!
+//! Once a streamed answer has sent its status it cannot take it back, so the export settles
+//! all it can before the first byte: the filters are parsed first (`AuditFilter::try_from`
+//! below), and the first batch is read before the answer starts, so a failing query still
+//! gets a JSON error. A batch that fails later ends the body without its final chunk: the
+//! client sees a truncated transfer and the log says why. (Rejected: reading the whole log
+//! first gives up bounded memory; answering 200 and writing an error row into the CSV hands
+//! a spreadsheet a file that looks complete.)
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
-use common::db::Page;
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use common::db::audit::AuditFilter;
+use common::db::{Db, DbError, DbResult, Page};
 use common::model::{AuditLog, Role};
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -47,18 +56,38 @@ struct FilterQuery {
     created_to: Option<DateTime<Utc>>,
 }
 
-impl From<FilterQuery> for AuditFilter {
-    fn from(q: FilterQuery) -> Self {
-        let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
-        AuditFilter {
-            action: nonempty(q.action),
-            object_type: nonempty(q.object_type),
-            action_contains: nonempty(q.action_contains),
-            object_contains: nonempty(q.object_contains),
+impl TryFrom<FilterQuery> for AuditFilter {
+    type Error = ApiError;
+
+    /// Refuses, before any query, the filters a database would refuse or misread: a NUL
+    /// character (Postgres cannot store one; SQLite's `LIKE` stops at it, so it would match
+    /// the wrong rows) and a time outside RFC 3339's years 0000–9999 (Postgres refuses
+    /// some; SQLite compares times as text, where `+10000-…` sorts before `2026-…`).
+    fn try_from(q: FilterQuery) -> ApiResult<Self> {
+        let text = |field: &str, value: Option<String>| match value {
+            Some(v) if v.contains('\0') => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unstorable_text",
+                format!("{field}: contains a character that cannot be stored (NUL)."),
+            )),
+            value => Ok(value.filter(|v| !v.is_empty())),
+        };
+        let time = |field: &str, value: Option<DateTime<Utc>>| match value {
+            Some(t) if !(0..=9999).contains(&t.year()) => Err(ApiError::invalid(
+                field,
+                "the year must be between 0000 and 9999",
+            )),
+            value => Ok(value),
+        };
+        Ok(AuditFilter {
+            action: text("action", q.action)?,
+            object_type: text("object_type", q.object_type)?,
+            action_contains: text("action_contains", q.action_contains)?,
+            object_contains: text("object_contains", q.object_contains)?,
             user_id: q.user_id,
-            created_from: q.created_from,
-            created_to: q.created_to,
-        }
+            created_from: time("created_from", q.created_from)?,
+            created_to: time("created_to", q.created_to)?,
+        })
     }
 }
 
@@ -112,7 +141,7 @@ async fn list(
 ) -> ApiResult<Json<Page<AuditLog>>> {
     user.require(Role::Manager)?;
     let (limit, offset) = query.page.checked()?;
-    let filter = AuditFilter::from(query.filter);
+    let filter = AuditFilter::try_from(query.filter)?;
     Ok(Json(state.db.audit().list(&filter, limit, offset).await?))
 }
 
@@ -130,6 +159,39 @@ struct ExportQuery {
     include_metadata: Option<String>,
 }
 
+impl ExportQuery {
+    /// The filter and the CSV's shape, or a 422 naming the field at fault.
+    fn parse(self) -> ApiResult<(AuditFilter, Csv)> {
+        let delimiter = match self.delimiter.as_deref() {
+            None | Some(",") => b',',
+            Some(";") => b';',
+            Some("\t") | Some("tab") => b'\t',
+            Some("|") => b'|',
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "delimiter",
+                    "must be one of ',', ';', tab or '|'",
+                ));
+            }
+        };
+        let include_metadata = match self.include_metadata.as_deref() {
+            None | Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "include_metadata",
+                    "must be true or false",
+                ));
+            }
+        };
+        let csv = Csv {
+            delimiter,
+            include_metadata,
+        };
+        Ok((AuditFilter::try_from(self.filter)?, csv))
+    }
+}
+
 #[utoipa::path(
     get, path = "/export", tag = "audit", operation_id = "export_audit_logs",
     security(("bearer" = [])),
@@ -143,64 +205,8 @@ async fn export(
     Query(query): Query<ExportQuery>,
 ) -> ApiResult<Response> {
     user.require(Role::Manager)?;
-    let delimiter = match query.delimiter.as_deref() {
-        None | Some(",") => b',',
-        Some(";") => b';',
-        Some("\t") | Some("tab") => b'\t',
-        Some("|") => b'|',
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "delimiter",
-                "must be one of ',', ';', tab or '|'",
-            ));
-        }
-    };
-    let include_metadata = match query.include_metadata.as_deref() {
-        None | Some("true") | Some("1") => true,
-        Some("false") | Some("0") => false,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "include_metadata",
-                "must be true or false",
-            ));
-        }
-    };
-    let filter = AuditFilter::from(query.filter);
-    let csv = Csv {
-        delimiter,
-        include_metadata,
-    };
-
-    let head = Bytes::from(csv.header());
-    let rows = futures::stream::try_unfold(
-        (state, filter, None::<Uuid>, false),
-        move |(state, filter, before, done)| async move {
-            if done {
-                return Ok::<_, common::db::DbError>(None);
-            }
-            let batch = state
-                .db
-                .audit()
-                .batch(&filter, before, EXPORT_BATCH)
-                .await?;
-            if batch.is_empty() {
-                return Ok(None);
-            }
-            let last = batch.last().map(|row| row.id);
-            let finished = (batch.len() as i64) < EXPORT_BATCH;
-            let mut chunk = Vec::with_capacity(batch.len() * 160);
-            for row in &batch {
-                csv.write_row(&mut chunk, row);
-            }
-            Ok(Some((Bytes::from(chunk), (state, filter, last, finished))))
-        },
-    );
-    let body = futures::StreamExt::chain(
-        futures::stream::once(async move { Ok(head) }),
-        futures::TryStreamExt::inspect_err(rows, |err| {
-            tracing::error!(error = %err, "the audit export failed midway");
-        }),
-    );
+    let (filter, csv) = query.parse()?;
+    let body = CsvExport::start(state.db.clone(), filter, csv).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -209,9 +215,63 @@ async fn export(
                 "attachment; filename=audit_logs.csv",
             ),
         ],
-        Body::from_stream(body),
+        body,
     )
         .into_response())
+}
+
+/// The export's body, batch by batch.
+struct CsvExport {
+    db: Db,
+    filter: AuditFilter,
+    csv: Csv,
+}
+
+impl CsvExport {
+    /// Reads the first batch, then answers the body: the header and that batch, then the
+    /// later batches as the client takes them. A failure before the first byte is the
+    /// caller's error answer; one after it is logged and cuts the body short.
+    async fn start(db: Db, filter: AuditFilter, csv: Csv) -> ApiResult<Body> {
+        let export = CsvExport { db, filter, csv };
+        let first = export.batch(None).await?;
+        let mut head = export.csv.header();
+        let next = export.write(&mut head, &first);
+        let rest = futures::stream::try_unfold((export, next), |(export, before)| async move {
+            let Some(before) = before else {
+                return Ok::<_, DbError>(None);
+            };
+            let batch = export.batch(Some(before)).await?;
+            let mut chunk = Vec::with_capacity(batch.len() * 160);
+            let next = export.write(&mut chunk, &batch);
+            Ok(Some((Bytes::from(chunk), (export, next))))
+        })
+        .inspect_err(|err| {
+            tracing::error!(
+                error = ?err,
+                "the audit export failed after it started; the client gets a truncated file"
+            );
+        });
+        let head = futures::stream::once(async move { Ok(Bytes::from(head)) });
+        Ok(Body::from_stream(head.chain(rest)))
+    }
+
+    /// Up to [`EXPORT_BATCH`] matching rows with ids below `before`, newest first.
+    async fn batch(&self, before: Option<Uuid>) -> DbResult<Vec<AuditLog>> {
+        self.db
+            .audit()
+            .batch(&self.filter, before, EXPORT_BATCH)
+            .await
+    }
+
+    /// Writes `batch` to `out`; returns the keyset bound of the next batch, or `None` when
+    /// this one was the last (shorter than a full batch).
+    fn write(&self, out: &mut Vec<u8>, batch: &[AuditLog]) -> Option<Uuid> {
+        for row in batch {
+            self.csv.write_row(out, row);
+        }
+        let full = batch.len() as i64 == EXPORT_BATCH;
+        batch.last().filter(|_| full).map(|row| row.id)
+    }
 }
 
 /// How the export writes CSV.

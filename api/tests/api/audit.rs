@@ -1,5 +1,7 @@
+use common::db::audit::AuditEvent;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, TestApp, error_code};
 use crate::on_both_backends;
@@ -9,31 +11,80 @@ on_both_backends!(
     only_managers_and_admins_read_the_log,
     filters_and_pagination,
     csv_export,
+    filters_a_database_would_refuse_are_refused_before_any_byte,
+    an_export_of_many_batches_is_complete,
+    an_unreadable_row_fails_the_export_visibly,
 );
 
 impl TestApp {
     /// The audit log's JSON page for `query`, as `token`.
     async fn audit_logs(&self, token: &str, query: &[(&str, &str)]) -> Value {
-        let res = self
-            .client
-            .get(self.url("/api/v1/audit-logs"))
-            .query(query)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let res = self.get_query("/api/v1/audit-logs", token, query).await;
         assert_eq!(res.status(), StatusCode::OK, "audit logs {query:?}");
         res.json().await.unwrap()
     }
 
     async fn export(&self, token: &str, query: &[(&str, &str)]) -> reqwest::Response {
+        self.get_query("/api/v1/audit-logs/export", token, query)
+            .await
+    }
+
+    /// GET `path?query` as `token`.
+    async fn get_query(
+        &self,
+        path: &str,
+        token: &str,
+        query: &[(&str, &str)],
+    ) -> reqwest::Response {
         self.client
-            .get(self.url("/api/v1/audit-logs/export"))
+            .get(self.url(path))
             .query(query)
             .bearer_auth(token)
             .send()
             .await
             .unwrap()
+    }
+
+    /// Records `count` entries of action `bulk_entry`, with object ids `0`, `1`, … in
+    /// order.
+    async fn record_bulk(&self, count: usize) {
+        for i in 0..count {
+            let event = AuditEvent {
+                action: "bulk_entry",
+                object_id: Some(i.to_string()),
+                ..AuditEvent::default()
+            };
+            self.state.db.audit().record(&event).await.unwrap();
+        }
+    }
+
+    /// Gives the entry at `position` in the export's order (newest first) metadata that
+    /// both databases store but cannot be read back (serde_json refuses a number beyond
+    /// f64); returns its id.
+    async fn make_unreadable(&self, position: i64) -> Uuid {
+        common::on_db!(&self.state.db, pool => {
+            let id: Uuid = sqlx::query_scalar("SELECT id FROM audit_logs ORDER BY id DESC LIMIT 1 OFFSET $1")
+                .bind(position)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE audit_logs SET audit_metadata = '{\"n\": 1e400}' WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await
+                .unwrap();
+            id
+        })
+    }
+
+    async fn clear_metadata(&self, id: Uuid) {
+        common::on_db!(&self.state.db, pool => {
+            sqlx::query("UPDATE audit_logs SET audit_metadata = NULL WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await
+                .unwrap();
+        });
     }
 
     /// Logs in with a chosen user agent and request id; returns the status and the body.
@@ -406,4 +457,120 @@ async fn csv_export(app: &TestApp) {
         assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
         assert_eq!(error_code(res).await, "validation_error");
     }
+}
+
+/// A NUL character in a text filter (Postgres refuses it; SQLite's `LIKE` would stop at it
+/// and match the wrong rows) or a year outside 0000–9999 (Postgres refuses some; SQLite
+/// would compare it as text) gets a JSON 422 from both routes on both databases: the
+/// export answers it before sending any byte.
+async fn filters_a_database_would_refuse_are_refused_before_any_byte(app: &TestApp) {
+    let admin = app.admin().await.access_token;
+    let refusals = [
+        ("action", "log\0in", "unstorable_text"),
+        ("object_type", "log\0in", "unstorable_text"),
+        ("action_contains", "log\0in", "unstorable_text"),
+        ("object_contains", "log\0in", "unstorable_text"),
+        ("created_from", "+10000-01-01T00:00:00Z", "validation_error"),
+        ("created_to", "-5000-01-01T00:00:00Z", "validation_error"),
+    ];
+    for (field, value, code) in refusals {
+        for path in ["/api/v1/audit-logs/export", "/api/v1/audit-logs"] {
+            let res = app.get_query(path, &admin, &[(field, value)]).await;
+            assert_eq!(
+                res.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{path} {field}={value:?}"
+            );
+            assert_eq!(res.headers()["content-type"], "application/json");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["code"], code, "{path} {field}: {body}");
+            assert!(
+                body["detail"].as_str().unwrap().starts_with(field),
+                "{body}"
+            );
+        }
+    }
+    // The edges of that range are accepted.
+    let res = app
+        .export(
+            &admin,
+            &[
+                ("created_from", "0000-01-01T00:00:00Z"),
+                ("created_to", "9999-12-31T23:59:59Z"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains(",login,"));
+}
+
+/// An export of several batches (500 rows each) has every row once, newest first, whether
+/// the last batch is short or exactly full.
+async fn an_export_of_many_batches_is_complete(app: &TestApp) {
+    let admin = app.admin().await.access_token;
+    app.record_bulk(1000).await;
+
+    let res = app.export(&admin, &[("action", "bulk_entry")]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.text().await.unwrap();
+    let rows: Vec<Vec<&str>> = body
+        .split_terminator("\r\n")
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 1000);
+    assert_newest_first(&rows);
+    let mut objects: Vec<usize> = rows.iter().map(|f| f[5].parse().unwrap()).collect();
+    objects.sort();
+    assert_eq!(objects, (0..1000).collect::<Vec<_>>());
+
+    let res = app.export(&admin, &[]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.text().await.unwrap();
+    let rows: Vec<Vec<&str>> = body
+        .split_terminator("\r\n")
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let total = app.audit_logs(&admin, &[]).await["total"].as_u64().unwrap() as usize;
+    assert!(total > 1000 && !total.is_multiple_of(500), "{total}");
+    assert_eq!(rows.len(), total);
+    assert_newest_first(&rows);
+}
+
+/// Each row's id (the first field) is below the one before it.
+fn assert_newest_first(rows: &[Vec<&str>]) {
+    let ids: Vec<Uuid> = rows.iter().map(|f| f[0].parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "not newest first");
+}
+
+/// A row that cannot be read fails the export with a JSON 500 when it is in the first
+/// batch, and cuts the body short (the client's read fails) when it is in a later one.
+async fn an_unreadable_row_fails_the_export_visibly(app: &TestApp) {
+    let admin = app.admin().await.access_token;
+    app.record_bulk(1200).await;
+
+    let early = app.make_unreadable(100).await;
+    let res = app.export(&admin, &[]).await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert_eq!(error_code(res).await, "internal_error");
+    app.clear_metadata(early).await;
+
+    app.make_unreadable(700).await;
+    let mut res = app.export(&admin, &[]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut received = Vec::new();
+    let failure = loop {
+        match res.chunk().await {
+            Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+            Ok(None) => break None,
+            Err(err) => break Some(err),
+        }
+    };
+    assert!(failure.is_some(), "the export ended as if complete");
+    let received = String::from_utf8(received).unwrap();
+    let lines: Vec<&str> = received.split_terminator("\r\n").collect();
+    assert_eq!(lines.len(), 501, "the header and the first batch");
+    assert!(received.ends_with("\r\n"));
 }
