@@ -337,8 +337,8 @@ impl Settings {
             s3_secret_access_key: either("S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
                 .map(SecretString::from),
             signed_url_mode,
-            encryption_keys: crate::envelope::EncryptionKeys::parse(
-                &serde_json::to_string(&encryption_keys)?,
+            encryption_keys: crate::envelope::EncryptionKeys::from_base64(
+                encryption_keys,
                 encryption_active_kid.as_deref(),
             )
             .map_err(|e| anyhow::anyhow!("ENCRYPTION_KEYS / ENCRYPTION_ACTIVE_KID: {e}"))?,
