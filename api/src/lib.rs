@@ -138,7 +138,7 @@ impl Application {
         let state = Arc::new(AppInner {
             public_base_url,
             tokens: TokenCodec::new(&settings),
-            keys: KeyRing::new(&settings),
+            keys: settings.signature_keys.clone(),
             metrics: Metrics::new(),
             security_headers: middleware::security_header_list(&settings)?,
             request_id_header,

@@ -89,10 +89,9 @@ pub struct Settings {
     pub refresh_token_ttl: Duration,
     /// `PASSWORD_MIN_LENGTH`.
     pub password_min_length: usize,
-    /// `SIGNATURE_KEYS`: JSON map key id → secret, for signed links.
-    pub signature_keys: BTreeMap<String, SecretString>,
-    /// `SIGNATURE_ACTIVE_KID`: the key id new links are signed with.
-    pub signature_active_kid: String,
+    /// `SIGNATURE_KEYS` (JSON map key id → secret) and `SIGNATURE_ACTIVE_KID` (the key id
+    /// new links are signed with): the ring signed links are signed and checked with.
+    pub signature_keys: crate::signing::KeyRing,
     /// `SIGNED_URL_MAX_TTL`: the longest life a link may be given, in seconds.
     pub signed_url_max_ttl: u64,
     /// `CORS_ORIGINS`, `CORS_ALLOW_CREDENTIALS`, `CORS_ALLOW_METHODS`, `CORS_ALLOW_HEADERS`.
@@ -288,20 +287,7 @@ impl Settings {
         if jwt_secret.len() < 32 && environment == Environment::Production {
             bail!("JWT_SECRET_KEY must be at least 32 characters long in production");
         }
-        let signature_active_kid = match signature_active_kid {
-            Some(kid) => kid,
-            None if signature_keys.len() == 1 => signature_keys.keys().next().cloned().unwrap(),
-            None => bail!("SIGNATURE_ACTIVE_KID must name one of the SIGNATURE_KEYS"),
-        };
-        if !signature_keys.contains_key(&signature_active_kid) {
-            bail!("SIGNATURE_ACTIVE_KID {signature_active_kid:?} is not a key of SIGNATURE_KEYS");
-        }
-        if signature_keys
-            .keys()
-            .any(|kid| kid.is_empty() || kid.contains('.'))
-        {
-            bail!("SIGNATURE_KEYS ids must be non-empty and contain no '.'");
-        }
+        let signature_keys = signing_ring(signature_keys, signature_active_kid.as_deref())?;
 
         let worker_http_addr = parse_value(&get, "WORKER_HTTP_ADDR", "127.0.0.1:8001")?;
         let signed_url_mode = match parse("SIGNED_URL_MODE", "api")?.to_lowercase().as_str() {
@@ -382,11 +368,7 @@ impl Settings {
                 86_400 * parse_value::<u64>(&get, "REFRESH_TOKEN_EXPIRE_DAYS", "30")?,
             ),
             password_min_length: parse_value(&get, "PASSWORD_MIN_LENGTH", "8")?,
-            signature_keys: signature_keys
-                .into_iter()
-                .map(|(kid, secret)| (kid, SecretString::from(secret)))
-                .collect(),
-            signature_active_kid,
+            signature_keys,
             signed_url_max_ttl: parse_value(&get, "SIGNED_URL_MAX_TTL", "3600")?,
             cors_origins: parse_json(&get, "CORS_ORIGINS", r#"["http://localhost:3000"]"#)?,
             cors_allow_credentials: parse_bool(&get, "CORS_ALLOW_CREDENTIALS", true)?,
@@ -456,6 +438,30 @@ impl Settings {
     pub fn jwt_secret_bytes(&self) -> &[u8] {
         self.jwt_secret_key.expose_secret().as_bytes()
     }
+}
+
+/// The signing ring from `SIGNATURE_KEYS` and `SIGNATURE_ACTIVE_KID`, its rules reported by
+/// variable name.
+fn signing_ring(
+    keys: BTreeMap<String, String>,
+    active_kid: Option<&str>,
+) -> anyhow::Result<crate::signing::KeyRing> {
+    use crate::signing::{KeyRing, RingError};
+    let keys = keys
+        .into_iter()
+        .map(|(kid, secret)| (kid, SecretString::from(secret)))
+        .collect();
+    KeyRing::new(keys, active_kid).map_err(|err| match err {
+        RingError::ActiveKidRequired => {
+            anyhow::anyhow!("SIGNATURE_ACTIVE_KID must name one of the SIGNATURE_KEYS")
+        }
+        RingError::ActiveKidNotFound(kid) => {
+            anyhow::anyhow!("SIGNATURE_ACTIVE_KID {kid:?} is not a key of SIGNATURE_KEYS")
+        }
+        RingError::InvalidKid => {
+            anyhow::anyhow!("SIGNATURE_KEYS ids must be non-empty and contain no '.'")
+        }
+    })
 }
 
 /// A header setting with a default, where an explicitly empty value turns the header off.
