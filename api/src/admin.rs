@@ -14,8 +14,8 @@ use crate::service::accounts;
 /// An existing account is left as it is: the variables never overwrite a password.
 pub async fn bootstrap(db: &Db, settings: &Settings) -> anyhow::Result<()> {
     let (Some(email), Some(password)) = (
-        &settings.bootstrap_admin_email,
-        &settings.bootstrap_admin_password,
+        &settings.auth.bootstrap_admin_email,
+        &settings.auth.bootstrap_admin_password,
     ) else {
         return Ok(());
     };
@@ -36,7 +36,7 @@ pub async fn create_or_promote(
     full_name: Option<&str>,
     settings: &Settings,
 ) -> anyhow::Result<User> {
-    let min = settings.password_min_length;
+    let min = settings.auth.password_min_length;
     accounts::create_or_promote_admin(db, min, email, password, full_name)
         .await
         .map_err(|err| anyhow::anyhow!("cannot create the admin: {err}"))

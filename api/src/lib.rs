@@ -123,22 +123,22 @@ impl Application {
         let queue = JobQueue::connect(&settings, redis.clone()).await?;
         let storage = Storage::open(&settings)?;
         let limiter = match redis {
-            Some(conn) => common::limits::Limiter::with_redis(conn, &settings.queue_name),
+            Some(conn) => common::limits::Limiter::with_redis(conn, &settings.queue.name),
             None => common::limits::Limiter::in_memory(),
         };
-        let listener = TcpListener::bind(settings.bind_addr)
+        let listener = TcpListener::bind(settings.http.bind_addr)
             .await
-            .with_context(|| format!("cannot listen on BIND_ADDR {}", settings.bind_addr))?;
-        let request_id_header = HeaderName::try_from(settings.request_id_header.as_str())
+            .with_context(|| format!("cannot listen on BIND_ADDR {}", settings.http.bind_addr))?;
+        let request_id_header = HeaderName::try_from(settings.http.request_id_header.as_str())
             .context("REQUEST_ID_HEADER is not a valid header name")?;
-        let public_base_url = match &settings.public_base_url {
+        let public_base_url = match &settings.http.public_base_url {
             Some(url) => url.clone(),
             None => format!("http://{}", listener.local_addr()?),
         };
         let state = Arc::new(AppInner {
             public_base_url,
             tokens: TokenCodec::new(&settings),
-            keys: KeyRing::new(&settings),
+            keys: settings.auth.signature_keys.clone(),
             metrics: Metrics::new(),
             security_headers: middleware::security_header_list(&settings)?,
             request_id_header,
@@ -193,7 +193,7 @@ impl Application {
             axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
         tracing::info!(
             addr = %self.listener.local_addr()?,
-            database = if state.settings.is_sqlite() { "sqlite" } else { "postgres" },
+            database = if state.settings.database.is_sqlite() { "sqlite" } else { "postgres" },
             queue = state.queue.backend_name(),
             limits = state.limiter.backend_name(),
             embedded_worker = self.embedded_worker,

@@ -84,7 +84,7 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .observe(elapsed.as_secs_f64());
 
     let ms = elapsed.as_millis() as u64;
-    if ms >= state.settings.http_warn_ms {
+    if ms >= state.settings.http.warn_ms {
         tracing::warn!(%method, %route, status, ms, "slow request");
     } else if route.starts_with("/health") || route == "/metrics" {
         tracing::event!(Level::DEBUG, %method, %route, status, ms, "request");
@@ -115,20 +115,22 @@ pub fn security_header_list(
     let optional = [
         (
             header::X_FRAME_OPTIONS,
-            settings.security_frame_options.as_deref(),
+            settings.http.security.frame_options.as_deref(),
         ),
         (
             header::REFERRER_POLICY,
-            settings.security_referrer_policy.as_deref(),
+            settings.http.security.referrer_policy.as_deref(),
         ),
         (
             header::CONTENT_SECURITY_POLICY,
-            settings.security_csp.as_deref(),
+            settings.http.security.csp.as_deref(),
         ),
         (
             header::STRICT_TRANSPORT_SECURITY,
             settings
-                .security_hsts
+                .http
+                .security
+                .hsts
                 .then_some("max-age=63072000; includeSubDomains; preload"),
         ),
     ];
@@ -153,7 +155,7 @@ pub fn security_header_list(
 /// peer's address: behind a reverse proxy every client shares the proxy's, so limit there.
 pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let settings = &state.settings;
-    if !settings.rate_limit_enabled {
+    if !settings.limits.rate_limit_enabled {
         return next.run(req).await;
     }
     let path = req.uri().path();
@@ -161,9 +163,9 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
         return next.run(req).await;
     }
     let (scope, per_minute) = if path == "/api/v1/auth" || path.starts_with("/api/v1/auth/") {
-        ("auth", settings.auth_rate_limit_per_minute)
+        ("auth", settings.limits.auth_rate_limit_per_minute)
     } else {
-        ("default", settings.default_rate_limit_per_minute)
+        ("default", settings.limits.default_rate_limit_per_minute)
     };
     let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
         return next.run(req).await;

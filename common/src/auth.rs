@@ -155,19 +155,19 @@ pub struct TokenError(String);
 
 impl TokenCodec {
     pub fn new(settings: &Settings) -> Self {
-        let mut validation = Validation::new(settings.jwt_algorithm);
-        validation.set_issuer(&[&settings.jwt_issuer]);
-        validation.set_audience(&[&settings.jwt_audience]);
+        let mut validation = Validation::new(settings.auth.jwt_algorithm);
+        validation.set_issuer(&[&settings.auth.jwt_issuer]);
+        validation.set_audience(&[&settings.auth.jwt_audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 5;
         TokenCodec {
-            encoding: EncodingKey::from_secret(settings.jwt_secret_bytes()),
-            decoding: DecodingKey::from_secret(settings.jwt_secret_bytes()),
-            header: Header::new(settings.jwt_algorithm),
+            encoding: EncodingKey::from_secret(settings.auth.jwt_secret_bytes()),
+            decoding: DecodingKey::from_secret(settings.auth.jwt_secret_bytes()),
+            header: Header::new(settings.auth.jwt_algorithm),
             validation,
-            issuer: settings.jwt_issuer.clone(),
-            audience: settings.jwt_audience.clone(),
-            ttl: settings.access_token_ttl,
+            issuer: settings.auth.jwt_issuer.clone(),
+            audience: settings.auth.jwt_audience.clone(),
+            ttl: settings.auth.access_token_ttl,
         }
     }
 

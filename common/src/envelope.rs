@@ -114,11 +114,6 @@ pub enum EnvelopeError {
     ActiveKeyNotFound(String),
     #[error("an active key id is required when there are {0} encryption keys")]
     ActiveKeyRequired(usize),
-    #[error(
-        "the encryption keys must be a JSON object of key id to base64 key \
-         (error at line {line}, column {column})"
-    )]
-    KeysNotJson { line: usize, column: usize },
     #[error("the encryption key {kid:?} is not valid base64")]
     KeyNotBase64 { kid: String },
     #[error("bad key length for {kid:?}: {len} bytes, AES-256 needs 32")]
@@ -213,16 +208,13 @@ impl EncryptionKeys {
         })
     }
 
-    /// From the settings' text forms: a JSON object kid -> base64 (standard or URL-safe,
-    /// padded or not) 32-byte key, and the optional active kid (required when more than one
-    /// key). A blank active kid counts as absent, as an empty environment variable would.
-    pub fn parse(json: &str, active_kid: Option<&str>) -> Result<Self, EnvelopeError> {
-        // Errors report a position only: serde_json's messages can quote the offending value.
-        let encoded: BTreeMap<String, String> =
-            serde_json::from_str(json).map_err(|e| EnvelopeError::KeysNotJson {
-                line: e.line(),
-                column: e.column(),
-            })?;
+    /// A ring from the settings' text forms: key id -> base64 (standard or URL-safe, padded
+    /// or not) 32-byte key, and the optional active kid (required when more than one key).
+    /// A blank active kid counts as absent, as an empty environment variable would.
+    pub fn from_base64(
+        encoded: BTreeMap<String, String>,
+        active_kid: Option<&str>,
+    ) -> Result<Self, EnvelopeError> {
         let keys = encoded
             .into_iter()
             .map(|(kid, text)| {
@@ -1170,37 +1162,43 @@ mod tests {
         assert!(matches!(&err, EnvelopeError::UnknownKeyId(kid) if kid == "new"));
     }
 
+    /// A key id -> base64 text map, as the settings hand it over.
+    fn encoded(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(kid, text)| (kid.to_string(), text.clone()))
+            .collect()
+    }
+
     #[test]
-    fn parse_accepts_every_base64_form() {
+    fn from_base64_accepts_every_base64_form() {
         // 0xfb bytes encode to '+' and '/' (or '-' and '_'), and 32 bytes need padding.
         let key = [0xfb; 32];
         for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
             let text = engine.encode(key);
-            let keys = EncryptionKeys::parse(&format!(r#"{{"k1": "{text}"}}"#), None).unwrap();
+            let keys = EncryptionKeys::from_base64(encoded(&[("k1", text.clone())]), None).unwrap();
             assert_eq!(keys.active_kid(), "k1");
             assert_eq!(keys.key("k1").unwrap(), &key, "{text}");
         }
-        let json = format!(
-            r#"{{"2024": "{}", "2025": "{}"}}"#,
-            STANDARD.encode([1; 32]),
-            URL_SAFE_NO_PAD.encode([2; 32])
-        );
-        let keys = EncryptionKeys::parse(&json, Some("2025")).unwrap();
+        let two = encoded(&[
+            ("2024", STANDARD.encode([1; 32])),
+            ("2025", URL_SAFE_NO_PAD.encode([2; 32])),
+        ]);
+        let keys = EncryptionKeys::from_base64(two.clone(), Some("2025")).unwrap();
         assert_eq!(keys.active_kid(), "2025");
         assert_eq!(keys.key("2024").unwrap(), &[1; 32]);
         // A blank active kid is no active kid.
         assert!(matches!(
-            EncryptionKeys::parse(&json, Some(" ")),
+            EncryptionKeys::from_base64(two, Some(" ")),
             Err(EnvelopeError::ActiveKeyRequired(2))
         ));
     }
 
     #[test]
-    fn parse_rejects_bad_keys_and_rings() {
-        let parse = |json: String, active: Option<&str>| EncryptionKeys::parse(&json, active);
-        let one = |text: String| format!(r#"{{"k1": "{text}"}}"#);
+    fn from_base64_rejects_bad_keys_and_rings() {
+        let one = |text: String| encoded(&[("k1", text)]);
 
-        let err = parse(one(STANDARD.encode([1; 16])), None).unwrap_err();
+        let err = EncryptionKeys::from_base64(one(STANDARD.encode([1; 16])), None).unwrap_err();
         assert!(
             matches!(err, EnvelopeError::BadKeyLength { len: 16, .. }),
             "{err}"
@@ -1209,33 +1207,30 @@ mod tests {
             err.to_string(),
             "bad key length for \"k1\": 16 bytes, AES-256 needs 32"
         );
-        let err = parse(one(STANDARD.encode([1; 33])), None).unwrap_err();
+        let err = EncryptionKeys::from_base64(one(STANDARD.encode([1; 33])), None).unwrap_err();
         assert!(
             matches!(err, EnvelopeError::BadKeyLength { len: 33, .. }),
             "{err}"
         );
-        let err = parse(one("not base64!".into()), None).unwrap_err();
+        let err = EncryptionKeys::from_base64(one("not base64!".into()), None).unwrap_err();
         assert!(matches!(err, EnvelopeError::KeyNotBase64 { .. }), "{err}");
-        let err = parse(one(STANDARD.encode([1; 32])), Some("k2")).unwrap_err();
+        let err =
+            EncryptionKeys::from_base64(one(STANDARD.encode([1; 32])), Some("k2")).unwrap_err();
         assert!(matches!(&err, EnvelopeError::ActiveKeyNotFound(kid) if kid == "k2"));
 
-        let two = format!(
-            r#"{{"k1": "{}", "k2": "{}"}}"#,
-            STANDARD.encode([1; 32]),
-            STANDARD.encode([2; 32])
-        );
-        let err = parse(two, None).unwrap_err();
+        let two = encoded(&[
+            ("k1", STANDARD.encode([1; 32])),
+            ("k2", STANDARD.encode([2; 32])),
+        ]);
+        let err = EncryptionKeys::from_base64(two, None).unwrap_err();
         assert!(matches!(err, EnvelopeError::ActiveKeyRequired(2)), "{err}");
 
         assert!(matches!(
-            parse("{}".into(), None),
+            EncryptionKeys::from_base64(BTreeMap::new(), None),
             Err(EnvelopeError::NoKeys)
         ));
         let secret = STANDARD.encode([7; 32]);
-        let err = parse(format!(r#"{{"k1": "{secret}""#), None).unwrap_err();
-        assert!(matches!(err, EnvelopeError::KeysNotJson { .. }), "{err}");
-        assert!(!err.to_string().contains(&secret));
-        let err = parse(format!(r#"{{"bad kid": "{secret}"}}"#), None).unwrap_err();
+        let err = EncryptionKeys::from_base64(encoded(&[("bad kid", secret)]), None).unwrap_err();
         assert!(matches!(err, EnvelopeError::InvalidKeyId(_)), "{err}");
     }
 
@@ -1267,12 +1262,11 @@ mod tests {
     #[test]
     fn debug_shows_no_key_material() {
         let key = [0xfb; 32];
-        let json = format!(
-            r#"{{"k1": "{}", "k2": "{}"}}"#,
-            STANDARD.encode(key),
-            STANDARD.encode([1; 32])
-        );
-        let keys = EncryptionKeys::parse(&json, Some("k2")).unwrap();
+        let both = encoded(&[
+            ("k1", STANDARD.encode(key)),
+            ("k2", STANDARD.encode([1; 32])),
+        ]);
+        let keys = EncryptionKeys::from_base64(both, Some("k2")).unwrap();
         let shown = format!("{keys:?} {keys:#?}");
         assert!(shown.contains("k1") && shown.contains("k2"), "{shown}");
         for material in [

@@ -41,7 +41,7 @@ pub const REDIS_MISSED_HEARTBEATS: usize = 3;
 /// The connection to `REDIS_URL`, when it is set: one connection manager (it reconnects
 /// by itself) shared by the queue and the rate limiter.
 pub async fn connect_redis(settings: &Settings) -> anyhow::Result<Option<ConnectionManager>> {
-    let Some(url) = &settings.redis_url else {
+    let Some(url) = &settings.queue.redis_url else {
         return Ok(None);
     };
     let conn = apalis_redis::connect(url.as_str())
@@ -116,7 +116,7 @@ impl JobQueue {
         let backend = match redis {
             Some(conn) => {
                 let config = apalis_redis::Config::default()
-                    .queue(&settings.queue_name)
+                    .queue(&settings.queue.name)
                     .heartbeat_interval(REDIS_HEARTBEAT)
                     .missed_heartbeats(REDIS_MISSED_HEARTBEATS);
                 let storage = Box::new(RedisStorage::new(conn.clone()).with_config(config));
@@ -185,14 +185,14 @@ impl JobQueue {
 /// Opens the SQLite queue file and prepares its tables.
 async fn open_sqlite(settings: &Settings) -> anyhow::Result<SqliteSource> {
     crate::db::configure_sqlite_process();
-    let url = sqlite_url_creating_file(&settings.queue_database_url)?;
+    let url = sqlite_url_creating_file(&settings.queue.database_url)?;
     let (pool, wake_ups) =
         SqliteStorage::connect_with_callback(&url).context("cannot open the SQLite job queue")?;
     SqliteStorage::setup(&pool)
         .await
         .context("cannot prepare the SQLite job queue")?;
     let config = apalis_sqlite::Config::default()
-        .queue(&settings.queue_name)
+        .queue(&settings.queue.name)
         .heartbeat_interval(Duration::from_secs(5))
         .missed_heartbeats(3);
     Ok(SqliteSource {

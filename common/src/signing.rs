@@ -6,8 +6,12 @@
 //! keep the old one until the links it signed have expired. An unknown key id is refused
 //! (the original silently fell back to the JWT secret), and MACs are compared in constant
 //! time.
+//!
+//! A [`KeyRing`] is checked once, when it is built: the settings build it from
+//! `SIGNATURE_KEYS` at start-up, and from then on signing cannot miss its active key.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,8 +19,6 @@ use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use uuid::Uuid;
-
-use crate::Settings;
 
 /// The version of the signed message's layout.
 const VERSION: &str = "v1";
@@ -34,26 +36,74 @@ pub enum LinkError {
     BadSignature,
 }
 
-/// The signing keys and the one new links use.
+/// Why a set of keys cannot be a ring.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    #[error("an active key id is required unless there is exactly one key")]
+    ActiveKidRequired,
+    #[error("the active key id {0:?} is not among the keys")]
+    ActiveKidNotFound(String),
+    #[error("key ids must be non-empty and contain no '.'")]
+    InvalidKid,
+}
+
+/// The signing keys and the one new links use. Only [`KeyRing::new`] builds one, so a ring
+/// always holds its active key and only ids that can be written before the `.` of `sig`.
 #[derive(Clone)]
 pub struct KeyRing {
+    /// Every key a link may have been signed with, by id (the active one included).
     keys: BTreeMap<String, SecretString>,
+    /// The id new links are signed with.
     active_kid: String,
+    /// The secret `active_kid` names, kept beside it so signing needs no lookup.
+    active_secret: SecretString,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .field("active_kid", &self.active_kid)
+            .finish()
+    }
 }
 
 impl KeyRing {
-    pub fn new(settings: &Settings) -> Self {
-        KeyRing {
-            keys: settings.signature_keys.clone(),
-            active_kid: settings.signature_active_kid.clone(),
+    /// A ring of `keys` signing with `active_kid`, which may be left out when there is
+    /// exactly one key. Every id must be non-empty and free of `.`, which ends the id in a
+    /// link's `sig`.
+    pub fn new(
+        keys: BTreeMap<String, SecretString>,
+        active_kid: Option<&str>,
+    ) -> Result<Self, RingError> {
+        let active_kid = match active_kid {
+            Some(kid) => kid.to_owned(),
+            None => {
+                let mut kids = keys.keys();
+                match (kids.next(), kids.next()) {
+                    (Some(only), None) => only.clone(),
+                    _ => return Err(RingError::ActiveKidRequired),
+                }
+            }
+        };
+        let active_secret = keys
+            .get(&active_kid)
+            .cloned()
+            .ok_or_else(|| RingError::ActiveKidNotFound(active_kid.clone()))?;
+        if keys.keys().any(|kid| kid.is_empty() || kid.contains('.')) {
+            return Err(RingError::InvalidKid);
         }
+        Ok(KeyRing {
+            keys,
+            active_kid,
+            active_secret,
+        })
     }
 
     /// Signs a link to `document_id` valid until `exp` (unix seconds); returns the `sig`
     /// parameter.
     pub fn sign(&self, document_id: Uuid, exp: i64) -> String {
-        let secret = &self.keys[&self.active_kid];
-        let mac = mac(secret, &self.active_kid, document_id, exp)
+        let mac = mac(&self.active_secret, &self.active_kid, document_id, exp)
             .finalize()
             .into_bytes();
         format!("{}.{}", self.active_kid, URL_SAFE_NO_PAD.encode(mac))
@@ -94,14 +144,53 @@ fn mac(secret: &SecretString, kid: &str, document_id: Uuid, exp: i64) -> Hmac<Sh
 mod tests {
     use super::*;
 
+    fn secrets(keys: &[(&str, &str)]) -> BTreeMap<String, SecretString> {
+        keys.iter()
+            .map(|(k, v)| (k.to_string(), SecretString::from(v.to_string())))
+            .collect()
+    }
+
     fn ring(keys: &[(&str, &str)], active: &str) -> KeyRing {
-        KeyRing {
-            keys: keys
-                .iter()
-                .map(|(k, v)| (k.to_string(), SecretString::from(v.to_string())))
-                .collect(),
-            active_kid: active.to_owned(),
+        KeyRing::new(secrets(keys), Some(active)).unwrap()
+    }
+
+    #[test]
+    fn a_ring_holds_its_active_key_and_only_ids_a_link_can_carry() {
+        let one = secrets(&[("k1", "secret-one")]);
+        let two = secrets(&[("k1", "secret-one"), ("k2", "secret-two")]);
+        let doc = Uuid::now_v7();
+        let only = KeyRing::new(one.clone(), None).unwrap();
+        assert!(only.sign(doc, 1_000).starts_with("k1."));
+        assert_eq!(
+            KeyRing::new(two.clone(), None).unwrap_err(),
+            RingError::ActiveKidRequired
+        );
+        assert_eq!(
+            KeyRing::new(BTreeMap::new(), None).unwrap_err(),
+            RingError::ActiveKidRequired
+        );
+        assert_eq!(
+            KeyRing::new(two, Some("k3")).unwrap_err(),
+            RingError::ActiveKidNotFound("k3".to_owned())
+        );
+        for bad in ["", "k.1"] {
+            let mut keys = one.clone();
+            keys.insert(bad.to_owned(), SecretString::from("s"));
+            assert_eq!(
+                KeyRing::new(keys, Some("k1")).unwrap_err(),
+                RingError::InvalidKid,
+                "{bad:?}"
+            );
         }
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let shown = format!("{:?}", ring(&[("k1", "secret-one")], "k1"));
+        assert!(
+            shown.contains("k1") && !shown.contains("secret-one"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -62,16 +62,16 @@ impl Storage {
     /// Opens the configured store: S3 when `STORAGE_URL` is set, else the local directory
     /// (created when needed).
     pub fn open(settings: &Settings) -> anyhow::Result<Storage> {
-        match &settings.storage_url {
+        match &settings.storage.url {
             Some(url) => Self::open_s3(settings, url),
             None => {
-                std::fs::create_dir_all(&settings.storage_dir).with_context(|| {
+                std::fs::create_dir_all(&settings.storage.dir).with_context(|| {
                     format!(
                         "cannot create STORAGE_DIR {}",
-                        settings.storage_dir.display()
+                        settings.storage.dir.display()
                     )
                 })?;
-                let local = LocalFileSystem::new_with_prefix(&settings.storage_dir)
+                let local = LocalFileSystem::new_with_prefix(&settings.storage.dir)
                     .context("cannot open STORAGE_DIR")?
                     .with_automatic_cleanup(true);
                 Ok(Storage {
@@ -94,17 +94,17 @@ impl Storage {
         anyhow::ensure!(!bucket.is_empty(), "STORAGE_URL names no bucket");
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(bucket)
-            .with_region(&settings.s3_region)
+            .with_region(&settings.storage.s3_region)
             .with_virtual_hosted_style_request(false);
-        if let Some(endpoint) = &settings.s3_endpoint {
+        if let Some(endpoint) = &settings.storage.s3_endpoint {
             builder = builder
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
         }
-        if let Some(id) = &settings.s3_access_key_id {
+        if let Some(id) = &settings.storage.s3_access_key_id {
             builder = builder.with_access_key_id(id);
         }
-        if let Some(secret) = &settings.s3_secret_access_key {
+        if let Some(secret) = &settings.storage.s3_secret_access_key {
             builder = builder.with_secret_access_key(secret.expose_secret());
         }
         let s3 = Arc::new(builder.build().context("invalid S3 storage settings")?);

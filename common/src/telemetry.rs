@@ -20,10 +20,10 @@ use crate::Settings;
 /// Installs the global tracing subscriber. Safe to call more than once (tests do).
 pub fn init_tracing(settings: &Settings) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .or_else(|_| EnvFilter::try_new(&settings.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if settings.log_json {
+    let _ = if settings.log.json {
         builder
             .json()
             .flatten_event(true)

@@ -61,10 +61,10 @@ impl Deps {
 /// A PDF engine pool sized by `PDF_CONCURRENCY`.
 pub fn pdf_engine(settings: &Settings) -> PdfEngine {
     PdfEngine::new(PdfConfig {
-        binary: settings.wkhtmltopdf_path.clone(),
-        pool_size: settings.pdf_concurrency,
-        max_jobs_per_process: settings.pdf_max_jobs_per_process,
-        timeout: settings.pdf_timeout,
+        binary: settings.pdf.wkhtmltopdf_path.clone(),
+        pool_size: settings.pdf.concurrency,
+        max_jobs_per_process: settings.pdf.max_jobs_per_process,
+        timeout: settings.pdf.timeout,
     })
 }
 
@@ -99,13 +99,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let name = unique_worker_name();
     let settings = &deps.settings;
-    let (concurrency, poll) = (settings.worker_concurrency, settings.worker_poll_interval);
+    let (concurrency, poll) = (settings.worker.concurrency, settings.worker.poll_interval);
     info!(worker = %name, queue = deps.queue.backend_name(), concurrency, "worker starting");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let periodic = tokio::spawn(periodic_tasks(deps.clone(), stop_rx));
 
-    let monitor = Monitor::new().shutdown_timeout(settings.drain_timeout);
+    let monitor = Monitor::new().shutdown_timeout(settings.worker.drain_timeout);
     // One apalis worker over the queue's backend; the monitor calls the factory again on
     // each restart, and the queue hands out a fresh backend each time.
     macro_rules! render_worker {
@@ -148,8 +148,8 @@ pub async fn run(
 /// retention every
 /// `MAINTENANCE_INTERVAL_SECONDS`, until `stop`.
 async fn periodic_tasks(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
-    let mut reconcile = tokio::time::interval(deps.settings.reconcile_interval);
-    let mut maintenance = tokio::time::interval(deps.settings.maintenance_interval);
+    let mut reconcile = tokio::time::interval(deps.settings.worker.reconcile_interval);
+    let mut maintenance = tokio::time::interval(deps.settings.worker.maintenance_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first maintenance tick fires at once; let the first run wait one interval so a
@@ -159,7 +159,7 @@ async fn periodic_tasks(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => return,
             _ = reconcile.tick() => {
-                match maintenance::reconcile(&deps.db, &deps.queue, deps.settings.queued_lease).await {
+                match maintenance::reconcile(&deps.db, &deps.queue, deps.settings.queue.queued_lease).await {
                     Ok(0) => {}
                     Ok(n) => {
                         deps.metrics.reconciled.inc_by(n as u64);
@@ -184,7 +184,7 @@ async fn periodic_tasks(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
                     Ok(n) => info!(deleted = n, "abandoned previews swept"),
                     Err(err) => error!(error = %err, "preview sweep failed"),
                 }
-                if let Some(days) = deps.settings.document_retention_days {
+                if let Some(days) = deps.settings.worker.document_retention_days {
                     match maintenance::apply_retention(&deps.db, &deps.storage, days).await {
                         Ok(0) => {}
                         Ok(n) => info!(deleted = n, days, "retention applied"),

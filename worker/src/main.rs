@@ -28,12 +28,12 @@ async fn main() -> anyhow::Result<()> {
     let storage = Storage::open(&settings)?;
     let deps = Arc::new(Deps::new(settings, db, storage, Metrics::new(), queue));
 
-    let listener = tokio::net::TcpListener::bind(deps.settings.worker_http_addr)
+    let listener = tokio::net::TcpListener::bind(deps.settings.worker.http_addr)
         .await
         .with_context(|| {
             format!(
                 "cannot listen on WORKER_HTTP_ADDR {}",
-                deps.settings.worker_http_addr
+                deps.settings.worker.http_addr
             )
         })?;
     tracing::info!(addr = %listener.local_addr()?, "worker health and metrics listening");

@@ -62,7 +62,7 @@ const LEASE_GRACE: Duration = Duration::from_secs(5);
 /// down): the queue then redelivers, and the reconciler backs it up.
 pub async fn process(deps: &Deps, job: &RenderJob) -> anyhow::Result<()> {
     let settings = &deps.settings;
-    let lease = common::now() + settings.job_timeout + LEASE_GRACE;
+    let lease = common::now() + settings.worker.job_timeout + LEASE_GRACE;
     let Some(doc) = deps.db.documents().claim(job.document_id, lease).await? else {
         info!("document already finished or deleted; nothing to do");
         return Ok(());
@@ -75,7 +75,7 @@ pub async fn process(deps: &Deps, job: &RenderJob) -> anyhow::Result<()> {
         let wait = (started - doc.created_at).to_std().unwrap_or_default();
         deps.metrics.queue_wait.observe(wait.as_secs_f64());
     }
-    if attempt > settings.job_max_attempts {
+    if attempt > settings.worker.job_max_attempts {
         // Only a job that took its worker down with it gets here (each redelivery counts).
         let reason = format!(
             "gave up after {} attempts: the worker stopped during each",
@@ -86,11 +86,12 @@ pub async fn process(deps: &Deps, job: &RenderJob) -> anyhow::Result<()> {
     info!(attempt, format, "rendering");
 
     let result =
-        match tokio::time::timeout(settings.job_timeout, render_and_store(deps, &doc)).await {
+        match tokio::time::timeout(settings.worker.job_timeout, render_and_store(deps, &doc)).await
+        {
             Ok(result) => result,
             Err(_) => Err(JobError::Transient(anyhow::anyhow!(
                 "the job took longer than {} s",
-                settings.job_timeout.as_secs()
+                settings.worker.job_timeout.as_secs()
             ))),
         };
     match result {
@@ -123,7 +124,7 @@ pub async fn process(deps: &Deps, job: &RenderJob) -> anyhow::Result<()> {
             Ok(())
         }
         Err(JobError::Permanent(reason)) => fail(deps, &doc, attempt, &reason).await,
-        Err(JobError::Transient(err)) if attempt >= settings.job_max_attempts => {
+        Err(JobError::Transient(err)) if attempt >= settings.worker.job_max_attempts => {
             let reason = format!("gave up after {attempt} attempts: {err:#}");
             fail(deps, &doc, attempt, &reason).await
         }
@@ -144,13 +145,17 @@ async fn retry_later(
     err: &anyhow::Error,
 ) -> anyhow::Result<()> {
     let settings = &deps.settings;
-    let delay = backoff(settings.job_retry_base, settings.job_retry_max, attempt);
+    let delay = backoff(
+        settings.worker.job_retry_base,
+        settings.worker.job_retry_max,
+        attempt,
+    );
     let reason = format!(
         "attempt {attempt} failed, retrying in {} ms: {err:#}",
         delay.as_millis()
     );
     warn!(attempt, error = %err, delay_ms = delay.as_millis() as u64, "attempt failed; retrying later");
-    let lease = common::now() + delay + settings.queued_lease;
+    let lease = common::now() + delay + settings.queue.queued_lease;
     if deps
         .db
         .documents()
@@ -252,7 +257,7 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
     let size = bytes.len();
     let stored = if doc.compress || doc.encrypt {
         let (compress, encrypt) = (doc.compress, doc.encrypt);
-        let keys = deps.settings.encryption_keys.clone();
+        let keys = deps.settings.storage.encryption_keys.clone();
         let plain = bytes.clone();
         let (stored, compress_time, encrypt_time) = blocking(move || -> Result<_, JobError> {
             let started = Instant::now();
@@ -314,7 +319,10 @@ pub async fn render_bytes(
     options: &TemplateOptions,
     context: serde_json::Value,
 ) -> Result<Bytes, JobError> {
-    let (fuel, limit) = (settings.render_fuel, settings.max_output_bytes);
+    let (fuel, limit) = (
+        settings.worker.render_fuel,
+        settings.worker.max_output_bytes,
+    );
     match format {
         OutputFormat::Html | OutputFormat::Pdf => {
             // The layout is checked before rendering: a bad option fails fast.

@@ -67,7 +67,8 @@ async fn register(
         role: Role::Agent,
         is_active: true,
     };
-    let user = accounts::create(&state.db, state.settings.password_min_length, account).await?;
+    let user =
+        accounts::create(&state.db, state.settings.auth.password_min_length, account).await?;
     audit(
         &state,
         &meta,

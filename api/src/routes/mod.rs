@@ -29,7 +29,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .merge(crate::openapi::router(&api))
         .fallback(|| async { ApiError::not_found("Not found.") })
-        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.settings.http.max_body_bytes))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
@@ -78,9 +78,9 @@ pub fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// CORS from `CORS_*`. A `*` entry allows any value; combined with credentials the
 /// request's own value is mirrored, since browsers refuse a literal `*` with credentials.
 fn cors(settings: &common::Settings) -> CorsLayer {
-    let credentials = settings.cors_allow_credentials;
+    let credentials = settings.http.cors.allow_credentials;
     let wildcard = |list: &[String]| list.iter().any(|v| v == "*");
-    let origin = if wildcard(&settings.cors_origins) {
+    let origin = if wildcard(&settings.http.cors.origins) {
         if credentials {
             AllowOrigin::mirror_request()
         } else {
@@ -89,12 +89,14 @@ fn cors(settings: &common::Settings) -> CorsLayer {
     } else {
         AllowOrigin::list(
             settings
-                .cors_origins
+                .http
+                .cors
+                .origins
                 .iter()
                 .filter_map(|o| HeaderValue::from_str(o).ok()),
         )
     };
-    let methods = if wildcard(&settings.cors_allow_methods) {
+    let methods = if wildcard(&settings.http.cors.allow_methods) {
         if credentials {
             AllowMethods::mirror_request()
         } else {
@@ -103,12 +105,14 @@ fn cors(settings: &common::Settings) -> CorsLayer {
     } else {
         AllowMethods::list(
             settings
-                .cors_allow_methods
+                .http
+                .cors
+                .allow_methods
                 .iter()
                 .filter_map(|m| m.parse::<Method>().ok()),
         )
     };
-    let headers = if wildcard(&settings.cors_allow_headers) {
+    let headers = if wildcard(&settings.http.cors.allow_headers) {
         if credentials {
             AllowHeaders::mirror_request()
         } else {
@@ -117,7 +121,9 @@ fn cors(settings: &common::Settings) -> CorsLayer {
     } else {
         AllowHeaders::list(
             settings
-                .cors_allow_headers
+                .http
+                .cors
+                .allow_headers
                 .iter()
                 .filter_map(|h| h.parse().ok()),
         )

@@ -71,7 +71,7 @@ async fn health_db(State(state): State<AppState>) -> Response {
     )
 )]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    if !state.settings.enable_metrics {
+    if !state.settings.http.enable_metrics {
         return Err(ApiError::not_found("Metrics are disabled."));
     }
     let queued = state.db.documents().count_queued().await?;

@@ -93,7 +93,8 @@ async fn create(
         role: body.role,
         is_active: body.is_active,
     };
-    let user = accounts::create(&state.db, state.settings.password_min_length, account).await?;
+    let user =
+        accounts::create(&state.db, state.settings.auth.password_min_length, account).await?;
     let metadata = serde_json::json!({
         "email": user.email,
         "role": user.role,

@@ -154,7 +154,7 @@ pub async fn submit(
         .or(template.format)
         .unwrap_or(OutputFormat::Html);
     check_format(template.format, format)?;
-    if state.queued_count().await? >= state.settings.max_queued_documents {
+    if state.queued_count().await? >= state.settings.queue.max_queued_documents {
         return Err(ApiError::unavailable(
             "Too many documents are waiting to be rendered; try again shortly.",
             5,
@@ -167,8 +167,12 @@ pub async fn submit(
         template_version_id: template.version_id,
         policy_id: request.policy_id,
         inline_context,
-        compress: request.compress.unwrap_or(state.settings.default_compress),
-        encrypt: request.encrypt.unwrap_or(state.settings.default_encrypt),
+        compress: request
+            .compress
+            .unwrap_or(state.settings.storage.default_compress),
+        encrypt: request
+            .encrypt
+            .unwrap_or(state.settings.storage.default_encrypt),
         request_id: meta.request_id.clone(),
         idempotency: idempotency.clone(),
         preview: false,
@@ -350,7 +354,7 @@ async fn write_and_push(state: AppState, pending: Pending) -> ApiResult<Option<D
             request_id: pending.request_id.as_deref(),
             idempotency_key,
             request_hash,
-            lease_until: common::now() + state.settings.queued_lease,
+            lease_until: common::now() + state.settings.queue.queued_lease,
             preview: pending.preview,
         })
         .await;
@@ -446,7 +450,7 @@ pub async fn open(state: &AppState, doc: &Document) -> ApiResult<Opened> {
         object.stream,
         doc.compress,
         doc.encrypt,
-        state.settings.encryption_keys.clone(),
+        state.settings.storage.encryption_keys.clone(),
     );
     let first = match plain.next().await {
         Some(Ok(bytes)) => bytes,
@@ -505,7 +509,7 @@ pub async fn download(
     id: Uuid,
     credential: Credential,
 ) -> ApiResult<(Document, Opened)> {
-    let per_minute = state.settings.download_rate_limit_per_minute;
+    let per_minute = state.settings.limits.download_rate_limit_per_minute;
     let (doc, user_id, signed) = match credential {
         Credential::User(user) => {
             let doc = Scope::of(&user).document(&state.db, id).await?;
@@ -563,7 +567,7 @@ pub async fn sign_link(
     id: Uuid,
     ttl_seconds: i64,
 ) -> ApiResult<SignedUrl> {
-    let max = state.settings.signed_url_max_ttl as i64;
+    let max = state.settings.auth.signed_url_max_ttl as i64;
     if !(1..=max).contains(&ttl_seconds) {
         return Err(ApiError::invalid(
             "ttl_seconds",
@@ -574,7 +578,7 @@ pub async fn sign_link(
     ensure_ready(&doc)?;
     let expires_at = common::now() + chrono::Duration::seconds(ttl_seconds);
     let stored_plain = !doc.compress && !doc.encrypt;
-    if state.settings.signed_url_mode == SignedUrlMode::S3
+    if state.settings.storage.signed_url_mode == SignedUrlMode::S3
         && stored_plain
         && state.storage.can_presign()
         && let Some(key) = doc.storage_key.as_deref()
@@ -700,8 +704,8 @@ pub async fn preview(
         template_version_id: Some(version.id),
         policy_id,
         inline_context,
-        compress: state.settings.default_compress,
-        encrypt: state.settings.default_encrypt,
+        compress: state.settings.storage.default_compress,
+        encrypt: state.settings.storage.default_encrypt,
         request_id: meta.request_id.clone(),
         idempotency: None,
         preview: true,

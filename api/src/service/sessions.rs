@@ -188,7 +188,7 @@ impl<'a> LoginGuard<'a> {
     /// The budgets this attempt falls under: (scope, key, per minute).
     fn budgets(&self) -> Vec<(&'static str, &str, u32)> {
         let settings = &self.state.settings;
-        if !settings.login_attempts_enabled {
+        if !settings.limits.login_attempts_enabled {
             return Vec::new();
         }
         let mut budgets = Vec::with_capacity(2);
@@ -196,13 +196,13 @@ impl<'a> LoginGuard<'a> {
             budgets.push((
                 "login_ip",
                 ip.as_str(),
-                settings.login_attempts_ip_per_minute,
+                settings.limits.login_attempts_ip_per_minute,
             ));
         }
         budgets.push((
             "login_account",
             self.email,
-            settings.login_attempts_account_per_minute,
+            settings.limits.login_attempts_account_per_minute,
         ));
         budgets
     }
@@ -231,7 +231,7 @@ impl<'a> LoginGuard<'a> {
 }
 
 fn refresh_expiry(state: &AppState) -> chrono::DateTime<chrono::Utc> {
-    common::now() + state.settings.refresh_token_ttl
+    common::now() + state.settings.auth.refresh_token_ttl
 }
 
 fn token_pair(

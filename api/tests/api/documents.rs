@@ -190,7 +190,7 @@ async fn signed_links_are_checked(app: &TestApp) {
         _ => None,
     })
     .unwrap();
-    let ring = common::signing::KeyRing::new(&settings);
+    let ring = settings.auth.signature_keys.clone();
     let doc_id = id.parse().unwrap();
     let past = chrono::Utc::now().timestamp() - 5;
     let expired = app

@@ -499,7 +499,7 @@ async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) {
 
 /// A file where the documents folder should be: every store fails until it is removed.
 fn block_storage(app: &TestApp) -> std::path::PathBuf {
-    let blocker = app.state.settings.storage_dir.join("documents");
+    let blocker = app.state.settings.storage.dir.join("documents");
     std::fs::write(&blocker, "not a folder").unwrap();
     blocker
 }

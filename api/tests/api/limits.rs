@@ -87,7 +87,7 @@ async fn the_eleventh_failed_login_on_an_account_is_refused(app: &TestApp) {
             .await
             .unwrap()
             .expect("REDIS_URL is set");
-        let replica = Limiter::with_redis(conn, &app.state.settings.queue_name);
+        let replica = Limiter::with_redis(conn, &app.state.settings.queue.name);
         let key = format!("login_account:{ADMIN_EMAIL}");
         assert!(replica.check(&key, 10, Spend::Peek).await.is_err());
         assert!(

@@ -220,8 +220,8 @@ impl Db {
     /// Connects to `DATABASE_URL`. SQLite files are created when missing and opened in WAL
     /// mode with a busy timeout, so the API and the worker can write concurrently.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
-        let url = settings.database_url.as_str();
-        let slow = Duration::from_millis(settings.slow_query_ms);
+        let url = settings.database.url.as_str();
+        let slow = Duration::from_millis(settings.database.slow_query_ms);
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .with_context(|| format!("invalid DATABASE_URL {url:?}"))?
@@ -243,7 +243,7 @@ impl Db {
             }
             sqlite_tuning::configure_process();
             let pool = SqlitePoolOptions::new()
-                .max_connections(settings.database_max_connections)
+                .max_connections(settings.database.max_connections)
                 .after_connect(|conn, _meta| Box::pin(sqlite_tuning::stable_plans(conn)))
                 .test_before_acquire(false)
                 .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
@@ -259,7 +259,7 @@ impl Db {
                 .context("invalid DATABASE_URL")?
                 .log_slow_statements(log::LevelFilter::Warn, slow);
             let pool = PgPoolOptions::new()
-                .max_connections(settings.database_max_connections)
+                .max_connections(settings.database.max_connections)
                 .acquire_timeout(Duration::from_secs(10))
                 .test_before_acquire(false)
                 .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
@@ -275,7 +275,7 @@ impl Db {
     }
 
     fn new(pool: Pool, settings: &Settings, cache_enabled: bool) -> Db {
-        let ttl = Duration::from_secs(settings.auth_cache_seconds);
+        let ttl = Duration::from_secs(settings.database.auth_cache_seconds);
         Db {
             pool,
             session_cache: Arc::new(SessionCache::new(ttl, cache_enabled)),
