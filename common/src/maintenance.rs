@@ -102,28 +102,32 @@ const PREVIEW_LIFETIME: Duration = Duration::from_secs(600);
 /// Deletes abandoned previews, rows and objects. Returns how many.
 pub async fn sweep_previews(db: &Db, storage: &Storage) -> anyhow::Result<usize> {
     let before = crate::now() - PREVIEW_LIFETIME;
-    let mut total = 0;
-    loop {
-        let batch = db.documents().stale_previews(before, 500).await?;
-        if batch.is_empty() {
-            return Ok(total);
-        }
-        for (id, key) in batch {
-            if let Some(key) = key {
-                storage.delete(&key).await?;
-            }
-            db.documents().delete(id).await?;
-            total += 1;
-        }
-    }
+    delete_all(db, storage, || async move {
+        db.documents().stale_previews(before, 500).await
+    })
+    .await
 }
 
 /// Deletes the finished documents (rows and objects) older than `days`. Returns how many.
 pub async fn apply_retention(db: &Db, storage: &Storage, days: u32) -> anyhow::Result<usize> {
     let before = crate::now() - chrono::Duration::days(i64::from(days));
+    delete_all(db, storage, || async move {
+        db.documents().created_before(before, 500).await
+    })
+    .await
+}
+
+/// Deletes, batch after batch until `next` finds none, the documents it names: the
+/// object first, then the row (a row left behind is found again; an object left behind
+/// would be an orphan). Returns how many.
+async fn delete_all<F, Fut>(db: &Db, storage: &Storage, next: F) -> anyhow::Result<usize>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = crate::db::DbResult<Vec<(Uuid, Option<String>)>>>,
+{
     let mut total = 0;
     loop {
-        let batch = db.documents().created_before(before, 500).await?;
+        let batch = next().await?;
         if batch.is_empty() {
             return Ok(total);
         }

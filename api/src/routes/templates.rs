@@ -5,7 +5,6 @@ use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use common::db::Page;
-use common::db::audit::AuditEvent;
 use common::db::templates::{NewTemplate, TemplatePatch};
 use common::db::{Constraint, DbError};
 use common::model::{OutputFormat, Role, Template, TemplateOptions, TemplateVersion};
@@ -21,7 +20,7 @@ use crate::routes::Pagination;
 use crate::service::templates::{
     Upload, check_content, check_options, store_version, upload_version,
 };
-use crate::service::{self, check_text};
+use crate::service::{check_text, record_change};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -160,7 +159,15 @@ async fn create(
         )
         .await
         .map_err(duplicate)?;
-    audit(&state, &meta, &user, "template_created", template.id).await;
+    record_change(
+        &state,
+        &meta,
+        &user,
+        "template_created",
+        "template",
+        template.id,
+    )
+    .await;
     let out = TemplateOut {
         template,
         versions: version.into_iter().collect(),
@@ -250,7 +257,7 @@ async fn update(
         .await
         .map_err(duplicate)?
         .ok_or_else(|| ApiError::not_found("Template not found."))?;
-    audit(&state, &meta, &user, "template_updated", id).await;
+    record_change(&state, &meta, &user, "template_updated", "template", id).await;
     Ok(Json(template))
 }
 
@@ -273,7 +280,7 @@ async fn remove(
     if !state.db.templates().delete(id).await? {
         return Err(ApiError::not_found("Template not found."));
     }
-    audit(&state, &meta, &user, "template_deleted", id).await;
+    record_change(&state, &meta, &user, "template_deleted", "template", id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -406,28 +413,6 @@ async fn find(state: &AppState, id: Uuid) -> ApiResult<Template> {
         .get(id)
         .await?
         .ok_or_else(|| ApiError::not_found("Template not found."))
-}
-
-async fn audit(
-    state: &AppState,
-    meta: &RequestMeta,
-    user: &AuthUser,
-    action: &'static str,
-    id: Uuid,
-) {
-    let object_type = if action.starts_with("template_version") {
-        "template_version"
-    } else {
-        "template"
-    };
-    let event = AuditEvent {
-        user_id: Some(user.id()),
-        action,
-        object_type: Some(object_type),
-        object_id: Some(id.to_string()),
-        ..Default::default()
-    };
-    service::record(state, meta, event).await;
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
