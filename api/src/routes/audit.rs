@@ -10,10 +10,11 @@
 //! Once a streamed answer has sent its status it cannot take it back, so the export settles
 //! all it can before the first byte: the filters are parsed first (`AuditFilter::try_from`
 //! below), and the first batch is read before the answer starts, so a failing query still
-//! gets a JSON error. A batch that fails later ends the body without its final chunk: the
-//! client sees a truncated transfer and the log says why. (Rejected: reading the whole log
-//! first gives up bounded memory; answering 200 and writing an error row into the CSV hands
-//! a spreadsheet a file that looks complete.)
+//! gets a JSON error. A batch that fails later ends the body without its final chunk (after
+//! a grace that lets the rows already produced get out): the client sees a truncated
+//! transfer and the log says why. (Rejected: reading the whole log first gives up bounded
+//! memory; answering 200 and writing an error row into the CSV hands a spreadsheet a file
+//! that looks complete.)
 
 use std::time::Duration;
 
