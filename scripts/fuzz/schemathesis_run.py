@@ -24,8 +24,9 @@ two, which operation runs first, and so what the server already holds, varies), 
 Hypothesis example database and no schemathesis cache (both would replay what earlier runs
 on this machine found), this directory's schemathesis.toml and no other, a fixed Python
 hash seed, and schemathesis started in the run's own empty directory without the caller's
-HYPOTHESIS_* or SCHEMATHESIS_* variables. What still varies is what the server makes up
-(ids, times), never the cases.
+HYPOTHESIS_* or SCHEMATHESIS_* variables. Two runs of a seed then send the same requests
+in the same order, but for what the server made up (ids, times, which later cases reuse)
+and multipart boundaries.
 """
 
 from __future__ import annotations

@@ -10,10 +10,13 @@
 //! Once a streamed answer has sent its status it cannot take it back, so the export settles
 //! all it can before the first byte: the filters are parsed first (`AuditFilter::try_from`
 //! below), and the first batch is read before the answer starts, so a failing query still
-//! gets a JSON error. A batch that fails later ends the body without its final chunk: the
-//! client sees a truncated transfer and the log says why. (Rejected: reading the whole log
-//! first gives up bounded memory; answering 200 and writing an error row into the CSV hands
-//! a spreadsheet a file that looks complete.)
+//! gets a JSON error. A batch that fails later ends the body without its final chunk (after
+//! a grace that lets the rows already produced get out): the client sees a truncated
+//! transfer and the log says why. (Rejected: reading the whole log first gives up bounded
+//! memory; answering 200 and writing an error row into the CSV hands a spreadsheet a file
+//! that looks complete.)
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -24,7 +27,7 @@ use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use common::db::audit::AuditFilter;
 use common::db::{Db, DbError, DbResult, Page};
 use common::model::{AuditLog, Role};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -42,6 +45,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// How many rows the export reads per query.
 const EXPORT_BATCH: i64 = 500;
+
+/// How long a failed export holds its connection before cutting it, so that the rows
+/// already produced (at most hyper's write buffer and one batch) reach the client.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// The filters both routes accept.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -236,23 +243,37 @@ impl CsvExport {
         let first = export.batch(None).await?;
         let mut head = export.csv.header();
         let next = export.write(&mut head, &first);
+        let head = futures::stream::once(async move { Ok::<_, DbError>(Bytes::from(head)) });
         let rest = futures::stream::try_unfold((export, next), |(export, before)| async move {
             let Some(before) = before else {
-                return Ok::<_, DbError>(None);
+                return Ok(None);
             };
-            let batch = export.batch(Some(before)).await?;
-            let mut chunk = Vec::with_capacity(batch.len() * 160);
-            let next = export.write(&mut chunk, &batch);
-            Ok(Some((Bytes::from(chunk), (export, next))))
-        })
-        .inspect_err(|err| {
-            tracing::error!(
-                error = ?err,
-                "the audit export failed after it started; the client gets a truncated file"
-            );
+            let (chunk, next) = export.later_batch(before).await?;
+            Ok(Some((chunk, (export, next))))
         });
-        let head = futures::stream::once(async move { Ok(Bytes::from(head)) });
         Ok(Body::from_stream(head.chain(rest)))
+    }
+
+    /// The rows below `before` as CSV, and the next batch's keyset bound. A failure is
+    /// logged at once but reported only after [`FLUSH_GRACE`]: a failing body makes hyper
+    /// close the connection straight away, dropping what it has not written yet, which can
+    /// be the status line itself.
+    async fn later_batch(&self, before: Uuid) -> DbResult<(Bytes, Option<Uuid>)> {
+        match self.batch(Some(before)).await {
+            Ok(batch) => {
+                let mut chunk = Vec::with_capacity(batch.len() * 160);
+                let next = self.write(&mut chunk, &batch);
+                Ok((Bytes::from(chunk), next))
+            }
+            Err(err) => {
+                tracing::error!(
+                    error = ?err,
+                    "the audit export failed after it started; the client gets a truncated file"
+                );
+                tokio::time::sleep(FLUSH_GRACE).await;
+                Err(err)
+            }
+        }
     }
 
     /// Up to [`EXPORT_BATCH`] matching rows with ids below `before`, newest first.
