@@ -7,8 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, error_code, free_port, services_configured, spawn_app_with, tool,
-    wait_for_port,
+    Backend, TestApp, error_code, free_port, services_skipped, spawn_app_with, tool, wait_for_port,
 };
 use crate::on_both_backends;
 
@@ -298,7 +297,7 @@ async fn wait_all_ready(app: &TestApp, token: &str, ids: &[String]) -> Vec<Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
-    if !services_configured() {
+    if services_skipped() {
         return;
     }
     // A private Redis: FLUSHALL must not touch the other tests' queues.
@@ -363,7 +362,7 @@ async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_loses_no_document() {
-    if !services_configured() {
+    if services_skipped() {
         return;
     }
     let lifecycle = [
@@ -409,7 +408,7 @@ async fn a_worker_killed_mid_job_loses_no_document() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued() {
-    if !services_configured() {
+    if services_skipped() {
         return;
     }
     let app = spawn_app_with(
