@@ -119,6 +119,30 @@ macro_rules! on_both_backends_with {
     };
 }
 
+/// Runs scenarios that start the application themselves, once per deployment:
+/// `mod name { sqlite, postgres_redis }` calling `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() {
+                    if $crate::helpers::services_skipped() {
+                        return;
+                    }
+                    super::$name($crate::helpers::Backend::PostgresRedis).await;
+                }
+            }
+        )+
+    };
+}
+
 /// Whether `MONASSURANCE_SKIP_SERVICES=1` asks to skip the tests that need Postgres, Redis
 /// and S3; a test that skips says so. Without it such a test runs, and fails when a service
 /// is missing.

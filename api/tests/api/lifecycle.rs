@@ -7,9 +7,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, error_code, free_port, services_skipped, spawn_app_with, tool, wait_for_port,
+    Backend, TestApp, error_code, free_port, spawn_app_with, tool, wait_for_port,
 };
-use crate::on_both_backends;
+use crate::{for_each_backend, on_both_backends};
 
 on_both_backends!(
     prefer_wait_holds_the_request_until_the_document_is_done,
@@ -295,36 +295,29 @@ async fn wait_all_ready(app: &TestApp, token: &str, ids: &[String]) -> Vec<Value
     docs
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
-    if services_skipped() {
-        return;
-    }
-    // A private Redis: FLUSHALL must not touch the other tests' queues.
-    let port = free_port();
-    let _redis = tokio::process::Command::new(tool("redis-server"))
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server starts");
-    wait_for_port(port).await;
-    let redis_url = format!("redis://127.0.0.1:{port}");
-    let lifecycle = [
-        ("REDIS_URL", redis_url.as_str()),
+for_each_backend!(
+    a_queue_that_lost_its_jobs_loses_no_document,
+    a_worker_killed_mid_job_loses_no_document,
+    sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued,
+);
+
+/// The queue loses every job while documents wait (a Redis restarted empty, a queue file
+/// restored from an old copy): the reconciler enqueues them again once their lease runs
+/// out, and each is finished exactly once.
+async fn a_queue_that_lost_its_jobs_loses_no_document(backend: Backend) {
+    // On Postgres + Redis, a private Redis: FLUSHALL must not touch the other tests' queues.
+    let redis = match backend {
+        Backend::PostgresRedis => Some(PrivateRedis::start().await),
+        Backend::Sqlite => None,
+    };
+    let mut lifecycle = vec![
         ("QUEUED_LEASE_SECONDS", "1"),
         ("RECONCILE_INTERVAL_MS", "200"),
     ];
-    let app = spawn_app_with(Backend::PostgresRedis, &lifecycle, false).await;
+    if let Some(redis) = &redis {
+        lifecycle.push(("REDIS_URL", redis.url.as_str()));
+    }
+    let app = spawn_app_with(backend, &lifecycle, false).await;
     let agent = app
         .register_and_login("agent@example.com")
         .await
@@ -339,12 +332,14 @@ async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
             .await;
         ids.push(doc["id"].as_str().unwrap().to_owned());
     }
-    let status = tokio::process::Command::new(tool("redis-cli"))
-        .args(["-p", &port.to_string(), "FLUSHALL"])
-        .output()
-        .await
-        .unwrap();
-    assert!(status.status.success());
+    match &redis {
+        Some(redis) => redis.flushall().await,
+        None => assert_eq!(
+            delete_sqlite_jobs(&app).await,
+            5,
+            "the five jobs were queued"
+        ),
+    }
 
     let _worker = app.start_worker(&[]);
     for doc in wait_all_ready(&app, &agent, &ids).await {
@@ -360,17 +355,75 @@ async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_job_loses_no_document() {
-    if services_skipped() {
-        return;
+/// A `redis-server` of the test's own.
+struct PrivateRedis {
+    url: String,
+    port: u16,
+    _server: tokio::process::Child,
+}
+
+impl PrivateRedis {
+    async fn start() -> PrivateRedis {
+        let port = free_port();
+        let server = tokio::process::Command::new(tool("redis-server"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts");
+        wait_for_port(port).await;
+        PrivateRedis {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            _server: server,
+        }
     }
+
+    async fn flushall(&self) {
+        let out = tokio::process::Command::new(tool("redis-cli"))
+            .args(["-p", &self.port.to_string(), "FLUSHALL"])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    }
+}
+
+/// Deletes every job from the embedded queue file (apalis-sqlite's `Jobs` table), as a
+/// queue file restored from a backup older than the jobs would; returns how many.
+async fn delete_sqlite_jobs(app: &TestApp) -> u64 {
+    use std::str::FromStr;
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::from_str(&app.state.settings.queue_database_url)
+            .unwrap()
+            .busy_timeout(Duration::from_secs(10));
+    let queue = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let deleted = sqlx::query("DELETE FROM Jobs")
+        .execute(&queue)
+        .await
+        .unwrap()
+        .rows_affected();
+    queue.close().await;
+    deleted
+}
+
+async fn a_worker_killed_mid_job_loses_no_document(backend: Backend) {
     let lifecycle = [
         ("JOB_TIMEOUT_SECONDS", "20"),
         ("RECONCILE_INTERVAL_MS", "200"),
         ("RENDER_FUEL", "1000000000"),
     ];
-    let app = spawn_app_with(Backend::PostgresRedis, &lifecycle, false).await;
+    let app = spawn_app_with(backend, &lifecycle, false).await;
     let admin = app.admin().await.access_token;
     let slow = app.create_template(&admin, "Slow", SLOW_TEMPLATE).await;
     let doc = app
@@ -406,17 +459,8 @@ async fn a_worker_killed_mid_job_loses_no_document() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued() {
-    if services_skipped() {
-        return;
-    }
-    let app = spawn_app_with(
-        Backend::PostgresRedis,
-        &[("RENDER_FUEL", "1000000000")],
-        false,
-    )
-    .await;
+async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued(backend: Backend) {
+    let app = spawn_app_with(backend, &[("RENDER_FUEL", "1000000000")], false).await;
     let admin = app.admin().await.access_token;
     let slow = app.create_template(&admin, "Slow", SLOW_TEMPLATE).await;
     let busy = app
@@ -476,6 +520,7 @@ async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued() {
     app.stop().await;
 }
 
+/// Polls a document until its status is `status`.
 async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
