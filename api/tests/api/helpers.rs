@@ -14,6 +14,7 @@
 //! `MONASSURANCE_SKIP_SERVICES=1` skips those tests instead (each says so on stderr).
 
 mod postgres;
+mod prometheus;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 use postgres::TestDatabase;
+pub use prometheus::Metrics;
 
 pub const JWT_SECRET: &str = "integration-test-jwt-secret-0123456789abcdef";
 pub const SIGNATURE_KEYS: &str = r#"{"old":"old-link-secret","k1":"integration-test-link-secret"}"#;
@@ -459,6 +461,13 @@ impl TestApp {
             self.state.db.close().await;
             database.drop_now().await;
         }
+    }
+
+    /// The API's `/metrics`, read back as samples.
+    pub async fn metrics(&self) -> Metrics {
+        let res = self.get("/metrics", None).await;
+        assert_eq!(res.status(), StatusCode::OK, "GET /metrics");
+        Metrics::parse(&res.text().await.unwrap())
     }
 
     pub async fn post_json(

@@ -19,7 +19,7 @@ on_both_backends!(
 );
 
 /// A template that keeps a worker busy for a few seconds (40 × 100 000 loop turns).
-const SLOW_TEMPLATE: &str =
+pub const SLOW_TEMPLATE: &str =
     "{% for i in range(40) %}{% for j in range(100000) %}{% endfor %}{% endfor %}slow";
 
 async fn prefer_wait_holds_the_request_until_the_document_is_done(app: &TestApp) {
@@ -521,7 +521,7 @@ async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued(backend: Backe
 }
 
 /// Polls a document until its status is `status`.
-async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) {
+pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let doc: Value = app
