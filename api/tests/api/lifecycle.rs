@@ -550,10 +550,11 @@ fn block_storage(app: &TestApp) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_with_backoff() {
-    // Enough attempts that the retries cannot run out while the test watches.
+    // A second of backoff, and enough attempts that the retries cannot run out while the
+    // test watches.
     let retries = [
-        ("JOB_RETRY_BASE_MS", "100"),
-        ("JOB_RETRY_MAX_MS", "200"),
+        ("JOB_RETRY_BASE_MS", "1000"),
+        ("JOB_RETRY_MAX_MS", "1000"),
         ("JOB_MAX_ATTEMPTS", "1000"),
     ];
     let app = crate::helpers::spawn_app(Backend::Sqlite, &retries).await;
@@ -563,31 +564,41 @@ async fn transient_failures_are_retried_with_backoff() {
         .access_token;
     let blocker = block_storage(&app);
 
+    let asked = tokio::time::Instant::now();
     let doc = app
         .generate(&agent, &json!({"document_type": "quote"}))
         .await;
     let id = doc["id"].as_str().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let deadline = asked + Duration::from_secs(30);
+    let retried = loop {
         let doc: Value = app
             .get(&format!("/api/v1/documents/{id}"), Some(&agent))
             .await
             .json()
             .await
             .unwrap();
-        if doc["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("retrying"))
+        if doc["attempts"].as_i64() >= Some(2)
+            && doc["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("retrying in 1000 ms"))
         {
-            assert_ne!(doc["status"], "failed");
-            break;
+            break doc;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no retry recorded: {doc}"
+            "no second attempt: {doc}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    // The first attempt failed after the request; the second may not start sooner than a
+    // backoff after that.
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "the second attempt did not wait for its backoff ({:?}): {retried}",
+        asked.elapsed()
+    );
+    assert_ne!(retried["status"], "failed");
+
     std::fs::remove_file(&blocker).unwrap();
     let done = app.wait_for_document(&agent, id).await;
     assert_eq!(done["status"], "ready", "{done}");
