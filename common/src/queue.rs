@@ -142,7 +142,7 @@ impl JobQueue {
         let id = TaskId::from_ulid(ulid::Ulid::generate());
         let mut builder = TaskBuilder::new(job).task_id(id.clone());
         if !delay.is_zero() {
-            builder = builder.run_after(delay);
+            builder = builder.run_at_timestamp(unix_seconds_after(delay));
         }
         let task = builder.build();
         match &self.backend {
@@ -200,6 +200,17 @@ async fn open_sqlite(settings: &Settings) -> anyhow::Result<SqliteSource> {
         config,
         wake_ups,
     })
+}
+
+/// The first whole second at least `delay` from now. Both queues keep a job's start time
+/// in whole seconds and compare it with the current second; apalis' `run_after` truncates,
+/// so a retry backed off by a second could start at once. Rounded up, it never starts
+/// sooner than its backoff (up to a second later).
+fn unix_seconds_after(delay: Duration) -> u64 {
+    let at = (std::time::SystemTime::now() + delay)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    at.as_secs() + u64::from(at.subsec_nanos() > 0)
 }
 
 /// sqlx opens SQLite files read-write but does not create them unless asked.

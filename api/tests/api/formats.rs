@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, services_configured, spawn_app};
+use crate::helpers::{Backend, TestApp, services_skipped, spawn_app};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -386,7 +386,7 @@ async fn documents_encrypted_before_a_key_rotation_still_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_mode_hands_out_presigned_links_for_plain_documents() {
-    if !services_configured() {
+    if services_skipped() {
         return;
     }
     let app = spawn_app(Backend::PostgresRedis, &[("SIGNED_URL_MODE", "s3")]).await;

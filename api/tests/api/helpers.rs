@@ -2,24 +2,34 @@
 //!
 //! - `Backend::Sqlite`: the embedded default. SQLite data and queue files in a fresh
 //!   temporary directory, the worker in-process.
-//! - `Backend::PostgresRedis`: a fresh Postgres database per test (created on the server
-//!   `TEST_DATABASE_URL` points at), Redis at `TEST_REDIS_URL` with a queue name of the
-//!   test's own, documents in a private `s3s-fs` S3 server (which checks signatures), and a
-//!   real `monassurance-worker` process rendering the documents.
+//! - `Backend::PostgresRedis`: a Postgres database of the test's own, cloned from a
+//!   migrated template ([`postgres`]) on the server `TEST_DATABASE_URL` names, Redis at
+//!   `TEST_REDIS_URL` with a queue name of the test's own, documents in a private `s3s-fs`
+//!   S3 server (which checks signatures), and a real `monassurance-worker` process
+//!   rendering the documents.
 //!
-//! The second runs only when both variables are set. `scripts/test` always sets them and
-//! also sets `MONASSURANCE_REQUIRE_SERVICES=1`, which turns a missing variable into a
-//! failure instead of a skip, so CI cannot pass without the Postgres + Redis suite.
+//! Both variables default to the local servers `scripts/services` starts. A test that needs
+//! Postgres, Redis or s3s-fs fails when one is missing, saying which and how to get it: a
+//! plain `cargo test` cannot pass without the Postgres + Redis half of the suite. Only
+//! `MONASSURANCE_SKIP_SERVICES=1` skips those tests instead (each says so on stderr).
+
+mod postgres;
+mod prometheus;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use monassurance_api::{AppState, Application};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
+
+use postgres::TestDatabase;
+pub use prometheus::Metrics;
 
 pub const JWT_SECRET: &str = "integration-test-jwt-secret-0123456789abcdef";
 pub const SIGNATURE_KEYS: &str = r#"{"old":"old-link-secret","k1":"integration-test-link-secret"}"#;
@@ -48,7 +58,11 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     workers: std::sync::Mutex<Vec<Child>>,
+    /// How many worker logs [`TestApp::start_worker`] has opened, to name the next one.
+    worker_logs: AtomicUsize,
     _s3: Option<Child>,
+    /// The Postgres database this app created (none on SQLite, nor for a replica).
+    database: Option<TestDatabase>,
     dir: tempfile::TempDir,
 }
 
@@ -67,7 +81,7 @@ macro_rules! on_both_backends {
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres_redis() {
-                    if !$crate::helpers::services_configured() {
+                    if $crate::helpers::services_skipped() {
                         return;
                     }
                     let app = $crate::helpers::spawn_app($crate::helpers::Backend::PostgresRedis, &[]).await;
@@ -95,7 +109,7 @@ macro_rules! on_both_backends_with {
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres_redis() {
-                    if !$crate::helpers::services_configured() {
+                    if $crate::helpers::services_skipped() {
                         return;
                     }
                     let app = $crate::helpers::spawn_app($crate::helpers::Backend::PostgresRedis, $overrides).await;
@@ -107,39 +121,82 @@ macro_rules! on_both_backends_with {
     };
 }
 
-/// Whether `TEST_DATABASE_URL` and `TEST_REDIS_URL` are set; panics when they are not but
-/// `MONASSURANCE_REQUIRE_SERVICES=1` says they must be.
-pub fn services_configured() -> bool {
-    let configured =
-        std::env::var("TEST_DATABASE_URL").is_ok() && std::env::var("TEST_REDIS_URL").is_ok();
-    if !configured {
-        if std::env::var("MONASSURANCE_REQUIRE_SERVICES").as_deref() == Ok("1") {
-            panic!(
-                "MONASSURANCE_REQUIRE_SERVICES=1 but TEST_DATABASE_URL or TEST_REDIS_URL is not set"
-            );
-        }
-        eprintln!(
-            "skipping the Postgres + Redis variant: TEST_DATABASE_URL / TEST_REDIS_URL not set"
-        );
+/// Runs scenarios that start the application themselves, once per deployment:
+/// `mod name { sqlite, postgres_redis }` calling `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() {
+                    if $crate::helpers::services_skipped() {
+                        return;
+                    }
+                    super::$name($crate::helpers::Backend::PostgresRedis).await;
+                }
+            }
+        )+
+    };
+}
+
+/// Whether `MONASSURANCE_SKIP_SERVICES=1` asks to skip the tests that need Postgres, Redis
+/// and S3; a test that skips says so. Without it such a test runs, and fails when a service
+/// is missing.
+pub fn services_skipped() -> bool {
+    let skipped = std::env::var("MONASSURANCE_SKIP_SERVICES").as_deref() == Ok("1");
+    if skipped {
+        eprintln!("skipped: MONASSURANCE_SKIP_SERVICES=1 (this test needs Postgres, Redis and S3)");
     }
-    configured
+    skipped
 }
 
-/// Starts the application with the test configuration plus `overrides`, and its worker
-/// (in-process on SQLite, a process on Postgres + Redis).
-pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp {
-    spawn_app_with(backend, overrides, true).await
+/// The failure message for a service the tests need and cannot reach.
+fn missing(service: &str, url: &str, err: &str) -> String {
+    format!(
+        "{service} does not answer at {url} ({err}). Start Postgres and Redis with \
+         `scripts/services` (or point TEST_DATABASE_URL / TEST_REDIS_URL at running ones), or \
+         set MONASSURANCE_SKIP_SERVICES=1 to skip the tests that need them."
+    )
 }
 
-/// Like [`spawn_app`]; without `worker`, documents stay queued until the test starts one
-/// with [`TestApp::start_worker`].
-pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker: bool) -> TestApp {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let data_dir = dir.path().to_str().unwrap().to_owned();
-    let mut env: HashMap<String, String> = [
+/// The Redis the tests use: `TEST_REDIS_URL`, by default the one `scripts/services` starts.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Fails the test, saying what to do, unless Redis at `url` answers a PING.
+async fn require_redis(url: &str) {
+    let parsed = reqwest::Url::parse(url).expect("a Redis URL");
+    let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
+    let port = parsed.port().unwrap_or(6379);
+    let ping = async {
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut answer = [0; 64];
+        let n = stream.read(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer[..n]).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), ping).await {
+        // An answer other than PONG (NOAUTH…) still means a Redis is there.
+        Ok(Ok(answer)) if answer.starts_with('+') || answer.starts_with('-') => {}
+        Ok(Ok(answer)) => panic!("{}", missing("Redis", url, &format!("answered {answer:?}"))),
+        Ok(Err(err)) => panic!("{}", missing("Redis", url, &err.to_string())),
+        Err(_) => panic!("{}", missing("Redis", url, "no answer within 10 s")),
+    }
+}
+
+/// The configuration every test starts from, with its files under `data_dir`.
+fn test_env(data_dir: &str) -> HashMap<String, String> {
+    [
         ("ENVIRONMENT", "test"),
         ("BIND_ADDR", "127.0.0.1:0"),
-        ("DATA_DIR", data_dir.as_str()),
+        ("DATA_DIR", data_dir),
         ("JWT_SECRET_KEY", JWT_SECRET),
         ("SIGNATURE_KEYS", SIGNATURE_KEYS),
         ("SIGNATURE_ACTIVE_KID", "k1"),
@@ -153,8 +210,22 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    .collect()
+}
+
+/// Starts the application with the test configuration plus `overrides`, and its worker
+/// (in-process on SQLite, a process on Postgres + Redis).
+pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with(backend, overrides, true).await
+}
+
+/// Like [`spawn_app`]; without `worker`, documents stay queued until the test starts one
+/// with [`TestApp::start_worker`].
+pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker: bool) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut env = test_env(dir.path().to_str().unwrap());
     let mut s3 = None;
+    let mut database = None;
     if backend == Backend::PostgresRedis {
         let (child, endpoint) = spawn_s3(dir.path()).await;
         s3 = Some(child);
@@ -162,8 +233,10 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker
         env.insert("S3_ENDPOINT".into(), endpoint);
         env.insert("S3_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into());
         env.insert("S3_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into());
-        env.insert("DATABASE_URL".into(), fresh_postgres_database().await);
-        env.insert("REDIS_URL".into(), std::env::var("TEST_REDIS_URL").unwrap());
+        let db = TestDatabase::create().await;
+        env.insert("DATABASE_URL".into(), db.url.clone());
+        database = Some(db);
+        env.insert("REDIS_URL".into(), redis_url());
         env.insert(
             "QUEUE_NAME".into(),
             format!("test-{}", uuid::Uuid::new_v4().simple()),
@@ -172,7 +245,11 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
-    let app = start(backend, env, dir, s3, worker && backend == Backend::Sqlite).await;
+    if let Some(redis) = env.get("REDIS_URL") {
+        require_redis(redis).await;
+    }
+    let mut app = start(backend, env, dir, s3, worker && backend == Backend::Sqlite).await;
+    app.database = database;
     if worker && backend == Backend::PostgresRedis {
         let child = app.start_worker(&[]);
         app.workers.lock().unwrap().push(child);
@@ -213,7 +290,9 @@ async fn start(
         stop: Some(stop),
         server: Some(server),
         workers: std::sync::Mutex::new(Vec::new()),
+        worker_logs: AtomicUsize::new(0),
         _s3: s3,
+        database: None,
         dir,
     }
 }
@@ -268,7 +347,13 @@ pub fn tool(name: &str) -> PathBuf {
         std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin").join(name));
     in_path
         .or(cargo_bin.filter(|p| p.exists()))
-        .unwrap_or_else(|| panic!("{name} is not installed (scripts/test installs it)"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not installed: `scripts/tools --test` installs s3s-fs, \
+                 `scripts/services` Redis (or set MONASSURANCE_SKIP_SERVICES=1 to skip the \
+                 tests that need them)"
+            )
+        })
 }
 
 /// A private s3s-fs server with one bucket; returns it and its endpoint.
@@ -287,24 +372,6 @@ async fn spawn_s3(dir: &std::path::Path) -> (Child, String) {
         .expect("s3s-fs starts");
     wait_for_port(port).await;
     (child, format!("http://127.0.0.1:{port}"))
-}
-
-async fn fresh_postgres_database() -> String {
-    use sqlx::Executor;
-    let base = std::env::var("TEST_DATABASE_URL").unwrap();
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("TEST_DATABASE_URL is reachable");
-    let name = format!("mona_test_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .expect("create the test database");
-    admin.close().await;
-    let (prefix, _) = base
-        .rsplit_once('/')
-        .expect("TEST_DATABASE_URL ends with /<database>");
-    format!("{prefix}/{name}")
 }
 
 impl TestApp {
@@ -330,7 +397,7 @@ impl TestApp {
     /// logging JSON lines that [`TestApp::worker_log`] reads. The caller owns the process
     /// (killed when dropped).
     pub fn start_worker(&self, extra: &[(&str, &str)]) -> Child {
-        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let n = self.worker_logs.fetch_add(1, Ordering::SeqCst);
         let log = std::fs::File::create(self.dir.path().join(format!("worker-{n}.log")))
             .expect("worker log file");
         Command::new(worker_binary())
@@ -383,7 +450,8 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
-    /// Stops the server (and the embedded worker) and waits for the drain.
+    /// Stops the server (and the embedded worker) and waits for the drain, stops the worker
+    /// processes [`spawn_app`] started, and drops the test's database.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -391,6 +459,21 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("clean shutdown");
         }
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap());
+        for mut worker in workers {
+            let _ = worker.kill().await;
+        }
+        if let Some(database) = self.database.take() {
+            self.state.db.close().await;
+            database.drop_now().await;
+        }
+    }
+
+    /// The API's `/metrics`, read back as samples.
+    pub async fn metrics(&self) -> Metrics {
+        let res = self.get("/metrics", None).await;
+        assert_eq!(res.status(), StatusCode::OK, "GET /metrics");
+        Metrics::parse(&res.text().await.unwrap())
     }
 
     pub async fn post_json(

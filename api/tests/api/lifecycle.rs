@@ -7,10 +7,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, error_code, free_port, services_configured, spawn_app_with, tool,
-    wait_for_port,
+    Backend, TestApp, error_code, free_port, spawn_app_with, tool, wait_for_port,
 };
-use crate::on_both_backends;
+use crate::{for_each_backend, on_both_backends};
 
 on_both_backends!(
     prefer_wait_holds_the_request_until_the_document_is_done,
@@ -20,7 +19,7 @@ on_both_backends!(
 );
 
 /// A template that keeps a worker busy for a few seconds (40 × 100 000 loop turns).
-const SLOW_TEMPLATE: &str =
+pub const SLOW_TEMPLATE: &str =
     "{% for i in range(40) %}{% for j in range(100000) %}{% endfor %}{% endfor %}slow";
 
 async fn prefer_wait_holds_the_request_until_the_document_is_done(app: &TestApp) {
@@ -276,14 +275,24 @@ async fn backpressure_refuses_work_past_the_queue_limit() {
     app.stop().await;
 }
 
-/// Each document was marked ready by exactly one attempt, whatever the deliveries.
-fn assert_ready_once(app: &TestApp, ids: &[String]) {
+/// Each document was marked ready by exactly one attempt, whatever the deliveries. The
+/// worker logs "document ready" just after committing the row, so a client can see the
+/// row ready a moment before the line is written: wait for each line, then count.
+async fn assert_ready_once(app: &TestApp, ids: &[String]) {
+    let ready_lines = |log: &str, id: &str| {
+        log.lines()
+            .filter(|line| line.contains(id) && line.contains("document ready"))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ids.iter().any(|id| ready_lines(&app.worker_log(), id) == 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let log = app.worker_log();
     for id in ids {
-        let finished = log
-            .lines()
-            .filter(|line| line.contains(id.as_str()) && line.contains("document ready"))
-            .count();
+        let finished = ready_lines(&log, id);
         assert_eq!(finished, 1, "{id} marked ready {finished} times:\n{log}");
     }
 }
@@ -296,36 +305,29 @@ async fn wait_all_ready(app: &TestApp, token: &str, ids: &[String]) -> Vec<Value
     docs
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
-    if !services_configured() {
-        return;
-    }
-    // A private Redis: FLUSHALL must not touch the other tests' queues.
-    let port = free_port();
-    let _redis = tokio::process::Command::new(tool("redis-server"))
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server starts");
-    wait_for_port(port).await;
-    let redis_url = format!("redis://127.0.0.1:{port}");
-    let lifecycle = [
-        ("REDIS_URL", redis_url.as_str()),
+for_each_backend!(
+    a_queue_that_lost_its_jobs_loses_no_document,
+    a_worker_killed_mid_job_loses_no_document,
+    sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued,
+);
+
+/// The queue loses every job while documents wait (a Redis restarted empty, a queue file
+/// restored from an old copy): the reconciler enqueues them again once their lease runs
+/// out, and each is finished exactly once.
+async fn a_queue_that_lost_its_jobs_loses_no_document(backend: Backend) {
+    // On Postgres + Redis, a private Redis: FLUSHALL must not touch the other tests' queues.
+    let redis = match backend {
+        Backend::PostgresRedis => Some(PrivateRedis::start().await),
+        Backend::Sqlite => None,
+    };
+    let mut lifecycle = vec![
         ("QUEUED_LEASE_SECONDS", "1"),
         ("RECONCILE_INTERVAL_MS", "200"),
     ];
-    let app = spawn_app_with(Backend::PostgresRedis, &lifecycle, false).await;
+    if let Some(redis) = &redis {
+        lifecycle.push(("REDIS_URL", redis.url.as_str()));
+    }
+    let app = spawn_app_with(backend, &lifecycle, false).await;
     let agent = app
         .register_and_login("agent@example.com")
         .await
@@ -340,12 +342,14 @@ async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
             .await;
         ids.push(doc["id"].as_str().unwrap().to_owned());
     }
-    let status = tokio::process::Command::new(tool("redis-cli"))
-        .args(["-p", &port.to_string(), "FLUSHALL"])
-        .output()
-        .await
-        .unwrap();
-    assert!(status.status.success());
+    match &redis {
+        Some(redis) => redis.flushall().await,
+        None => assert_eq!(
+            delete_sqlite_jobs(&app).await,
+            5,
+            "the five jobs were queued"
+        ),
+    }
 
     let _worker = app.start_worker(&[]);
     for doc in wait_all_ready(&app, &agent, &ids).await {
@@ -353,7 +357,7 @@ async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
     }
     // A slow claim may let the reconciler enqueue a document twice; only one attempt may
     // ever finish it.
-    assert_ready_once(&app, &ids);
+    assert_ready_once(&app, &ids).await;
     assert!(
         app.worker_log()
             .contains("lease expired; enqueueing the document again")
@@ -361,17 +365,75 @@ async fn a_redis_flushall_with_jobs_queued_loses_no_document() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_job_loses_no_document() {
-    if !services_configured() {
-        return;
+/// A `redis-server` of the test's own.
+struct PrivateRedis {
+    url: String,
+    port: u16,
+    _server: tokio::process::Child,
+}
+
+impl PrivateRedis {
+    async fn start() -> PrivateRedis {
+        let port = free_port();
+        let server = tokio::process::Command::new(tool("redis-server"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts");
+        wait_for_port(port).await;
+        PrivateRedis {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            _server: server,
+        }
     }
+
+    async fn flushall(&self) {
+        let out = tokio::process::Command::new(tool("redis-cli"))
+            .args(["-p", &self.port.to_string(), "FLUSHALL"])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    }
+}
+
+/// Deletes every job from the embedded queue file (apalis-sqlite's `Jobs` table), as a
+/// queue file restored from a backup older than the jobs would; returns how many.
+async fn delete_sqlite_jobs(app: &TestApp) -> u64 {
+    use std::str::FromStr;
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::from_str(&app.state.settings.queue.database_url)
+            .unwrap()
+            .busy_timeout(Duration::from_secs(10));
+    let queue = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let deleted = sqlx::query("DELETE FROM Jobs")
+        .execute(&queue)
+        .await
+        .unwrap()
+        .rows_affected();
+    queue.close().await;
+    deleted
+}
+
+async fn a_worker_killed_mid_job_loses_no_document(backend: Backend) {
     let lifecycle = [
         ("JOB_TIMEOUT_SECONDS", "20"),
         ("RECONCILE_INTERVAL_MS", "200"),
         ("RENDER_FUEL", "1000000000"),
     ];
-    let app = spawn_app_with(Backend::PostgresRedis, &lifecycle, false).await;
+    let app = spawn_app_with(backend, &lifecycle, false).await;
     let admin = app.admin().await.access_token;
     let slow = app.create_template(&admin, "Slow", SLOW_TEMPLATE).await;
     let doc = app
@@ -396,7 +458,7 @@ async fn a_worker_killed_mid_job_loses_no_document() {
         done["attempts"].as_i64().unwrap() >= 2,
         "one attempt died with its worker, a later one finished: {done}"
     );
-    assert_ready_once(&app, &[id.to_owned()]);
+    assert_ready_once(&app, &[id.to_owned()]).await;
     let body = app
         .get(&format!("/api/v1/documents/{id}/download"), Some(&admin))
         .await
@@ -407,17 +469,8 @@ async fn a_worker_killed_mid_job_loses_no_document() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued() {
-    if !services_configured() {
-        return;
-    }
-    let app = spawn_app_with(
-        Backend::PostgresRedis,
-        &[("RENDER_FUEL", "1000000000")],
-        false,
-    )
-    .await;
+async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued(backend: Backend) {
+    let app = spawn_app_with(backend, &[("RENDER_FUEL", "1000000000")], false).await;
     let admin = app.admin().await.access_token;
     let slow = app.create_template(&admin, "Slow", SLOW_TEMPLATE).await;
     let busy = app
@@ -477,7 +530,8 @@ async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued() {
     app.stop().await;
 }
 
-async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) {
+/// Polls a document until its status is `status`.
+pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let doc: Value = app
@@ -506,10 +560,11 @@ fn block_storage(app: &TestApp) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_with_backoff() {
-    // Enough attempts that the retries cannot run out while the test watches.
+    // A second of backoff, and enough attempts that the retries cannot run out while the
+    // test watches.
     let retries = [
-        ("JOB_RETRY_BASE_MS", "100"),
-        ("JOB_RETRY_MAX_MS", "200"),
+        ("JOB_RETRY_BASE_MS", "1000"),
+        ("JOB_RETRY_MAX_MS", "1000"),
         ("JOB_MAX_ATTEMPTS", "1000"),
     ];
     let app = crate::helpers::spawn_app(Backend::Sqlite, &retries).await;
@@ -519,31 +574,41 @@ async fn transient_failures_are_retried_with_backoff() {
         .access_token;
     let blocker = block_storage(&app);
 
+    let asked = tokio::time::Instant::now();
     let doc = app
         .generate(&agent, &json!({"document_type": "quote"}))
         .await;
     let id = doc["id"].as_str().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let deadline = asked + Duration::from_secs(30);
+    let retried = loop {
         let doc: Value = app
             .get(&format!("/api/v1/documents/{id}"), Some(&agent))
             .await
             .json()
             .await
             .unwrap();
-        if doc["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("retrying"))
+        if doc["attempts"].as_i64() >= Some(2)
+            && doc["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("retrying in 1000 ms"))
         {
-            assert_ne!(doc["status"], "failed");
-            break;
+            break doc;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no retry recorded: {doc}"
+            "no second attempt: {doc}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    // The first attempt failed after the request; the second may not start sooner than a
+    // backoff after that.
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "the second attempt did not wait for its backoff ({:?}): {retried}",
+        asked.elapsed()
+    );
+    assert_ne!(retried["status"], "failed");
+
     std::fs::remove_file(&blocker).unwrap();
     let done = app.wait_for_document(&agent, id).await;
     assert_eq!(done["status"], "ready", "{done}");

@@ -52,12 +52,11 @@ async fn assert_refused(res: reqwest::Response) {
     assert_eq!(error_code(res).await, "rate_limited");
 }
 
-async fn metric(app: &TestApp, line_start: &str) -> String {
-    let text = app.get("/metrics", None).await.text().await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
-        .to_owned()
+/// How many requests the limiter of `scope` refused, from `/metrics`.
+async fn refusals(app: &TestApp, scope: &str) -> f64 {
+    app.metrics()
+        .await
+        .value("rate_limited_total", &[("scope", scope)])
 }
 
 async fn the_eleventh_failed_login_on_an_account_is_refused(app: &TestApp) {
@@ -136,10 +135,7 @@ async fn the_eleventh_failed_login_on_an_account_is_refused(app: &TestApp) {
     assert_eq!(limited.len(), 2);
     assert_eq!(limited[1].request_id.as_deref(), Some("locked-out-1"));
     assert_eq!(limited[0].ip_address.as_deref(), Some("127.0.0.1"));
-    assert_eq!(
-        metric(app, "rate_limited_total{scope=\"login_account\"}").await,
-        "rate_limited_total{scope=\"login_account\"} 2"
-    );
+    assert_eq!(refusals(app, "login_account").await, 2.0);
 }
 
 async fn successful_logins_never_lock_out(app: &TestApp) {
@@ -162,10 +158,7 @@ async fn failed_logins_are_limited_per_ip(app: &TestApp) {
     // A fifth account, never tried, from the same IP.
     assert_refused(login_attempt(app, "nobody9@example.com", "password-123").await).await;
     assert_refused(login_attempt(app, ADMIN_EMAIL, ADMIN_PASSWORD).await).await;
-    assert_eq!(
-        metric(app, "rate_limited_total{scope=\"login_ip\"}").await,
-        "rate_limited_total{scope=\"login_ip\"} 2"
-    );
+    assert_eq!(refusals(app, "login_ip").await, 2.0);
 }
 
 async fn the_login_guard_can_be_turned_off(app: &TestApp) {
@@ -199,14 +192,8 @@ async fn the_generic_limiter_refuses_past_the_limit(app: &TestApp) {
         assert_eq!(app.get("/health", None).await.status(), StatusCode::OK);
     }
     assert_eq!(app.get("/health/db", None).await.status(), StatusCode::OK);
-    assert_eq!(
-        metric(app, "rate_limited_total{scope=\"default\"}").await,
-        "rate_limited_total{scope=\"default\"} 2"
-    );
-    assert_eq!(
-        metric(app, "rate_limited_total{scope=\"auth\"}").await,
-        "rate_limited_total{scope=\"auth\"} 2"
-    );
+    assert_eq!(refusals(app, "default").await, 2.0);
+    assert_eq!(refusals(app, "auth").await, 2.0);
 }
 
 async fn downloads_are_limited_per_user_and_per_link(app: &TestApp) {
@@ -263,12 +250,6 @@ async fn downloads_are_limited_per_user_and_per_link(app: &TestApp) {
     let res = app.client.get(&second).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 
-    assert_eq!(
-        metric(app, "rate_limited_total{scope=\"download_user\"}").await,
-        "rate_limited_total{scope=\"download_user\"} 1"
-    );
-    assert_eq!(
-        metric(app, "rate_limited_total{scope=\"download_link\"}").await,
-        "rate_limited_total{scope=\"download_link\"} 1"
-    );
+    assert_eq!(refusals(app, "download_user").await, 1.0);
+    assert_eq!(refusals(app, "download_link").await, 1.0);
 }

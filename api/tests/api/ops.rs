@@ -1,14 +1,16 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, error_code, spawn_app};
-use crate::on_both_backends;
+use crate::helpers::{Backend, Metrics, TestApp, error_code, spawn_app, spawn_app_with};
+use crate::{for_each_backend, on_both_backends};
 
 on_both_backends!(
     health_reports_each_dependency,
     every_answer_carries_the_cross_cutting_headers,
-    metrics_use_route_templates
+    metrics_count_requests_by_route_template
 );
+
+for_each_backend!(queue_depth_is_the_number_of_documents_waiting);
 
 async fn health_reports_each_dependency(app: &TestApp) {
     let res = app.get("/health", None).await;
@@ -98,7 +100,7 @@ async fn every_answer_carries_the_cross_cutting_headers(app: &TestApp) {
     );
 }
 
-async fn metrics_use_route_templates(app: &TestApp) {
+async fn metrics_count_requests_by_route_template(app: &TestApp) {
     let agent = app
         .register_and_login("agent@example.com")
         .await
@@ -109,29 +111,97 @@ async fn metrics_use_route_templates(app: &TestApp) {
     let id = queued["id"].as_str().unwrap();
     app.wait_for_document(&agent, id).await;
 
-    let res = app.get("/metrics", None).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let text = res.text().await.unwrap();
-    assert!(
-        text.contains(
-            r#"http_requests_total{method="GET",route="/api/v1/documents/{id}",status="200"}"#
-        ),
-        "{text}"
+    let status_reads = [
+        ("method", "GET"),
+        ("route", "/api/v1/documents/{id}"),
+        ("status", "200"),
+    ];
+    let polled = app
+        .metrics()
+        .await
+        .value("http_requests_total", &status_reads);
+    assert!(polled >= 1.0, "the polls were counted: {polled}");
+    for _ in 0..3 {
+        app.get(&format!("/api/v1/documents/{id}"), Some(&agent))
+            .await;
+    }
+    let missing = app
+        .get(
+            &format!("/api/v1/documents/{}", uuid::Uuid::now_v7()),
+            Some(&agent),
+        )
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metrics.value("http_requests_total", &status_reads),
+        polled + 3.0
     );
-    assert!(!text.contains(id), "raw paths must never become labels");
-    assert!(text.contains("http_request_duration_seconds_bucket"));
-    assert!(text.contains("queue_depth"));
+    assert_eq!(
+        metrics.value(
+            "http_requests_total",
+            &[
+                ("method", "GET"),
+                ("route", "/api/v1/documents/{id}"),
+                ("status", "404")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics.value(
+            "http_request_duration_seconds_count",
+            &[("method", "GET"), ("route", "/api/v1/documents/{id}")]
+        ),
+        polled + 4.0,
+        "every answer is timed, whatever its status"
+    );
+    assert!(
+        !metrics.any_label_contains(id),
+        "raw paths must never become labels"
+    );
+    assert_eq!(metrics.value("queue_depth", &[]), 0.0, "nothing waits");
     if app.backend == Backend::Sqlite {
         // The worker runs in this process only in the embedded mode.
-        assert!(
-            text.contains(r#"documents_total{format="html",outcome="ready"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"document_stage_seconds_count{format="html",stage="render"} 1"#),
-            "{text}"
+        let html_ready = [("format", "html"), ("outcome", "ready")];
+        assert_eq!(metrics.value("documents_total", &html_ready), 1.0);
+        assert_eq!(
+            metrics.value(
+                "document_stage_seconds_count",
+                &[("format", "html"), ("stage", "render")]
+            ),
+            1.0
         );
     }
+}
+
+/// `queue_depth` is what waits for a worker: every document asked for while none runs,
+/// then nothing once one has rendered them.
+async fn queue_depth_is_the_number_of_documents_waiting(backend: Backend) {
+    let app = spawn_app_with(backend, &[], false).await;
+    let agent = app
+        .register_and_login("agent@example.com")
+        .await
+        .access_token;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let doc = app
+            .generate(
+                &agent,
+                &json!({"document_type": "quote", "inline_context": {"n": n}}),
+            )
+            .await;
+        ids.push(doc["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(app.metrics().await.value("queue_depth", &[]), 3.0);
+
+    let _worker = app.start_worker(&[]);
+    for id in &ids {
+        assert_eq!(app.wait_for_document(&agent, id).await["status"], "ready");
+    }
+    assert_eq!(app.metrics().await.value("queue_depth", &[]), 0.0);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,18 +243,24 @@ async fn metrics_can_be_switched_off_and_security_headers_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_serves_its_own_health_and_metrics() {
-    if !crate::helpers::services_configured() {
+    if crate::helpers::services_skipped() {
         return;
     }
-    let app = crate::helpers::spawn_app_with(Backend::PostgresRedis, &[], false).await;
+    let app = spawn_app_with(
+        Backend::PostgresRedis,
+        &[("RENDER_FUEL", "1000000000")],
+        false,
+    )
+    .await;
     let port = crate::helpers::free_port();
     let addr = format!("127.0.0.1:{port}");
     let _worker = app.start_worker(&[
         ("WORKER_HTTP_ADDR", addr.as_str()),
+        ("WORKER_CONCURRENCY", "1"),
         ("RECONCILE_INTERVAL_MS", "100"),
     ]);
     crate::helpers::wait_for_port(port).await;
-
+    let worker_metrics = format!("http://{addr}/metrics");
     let health: Value = app
         .client
         .get(format!("http://{addr}/health"))
@@ -199,35 +275,87 @@ async fn the_worker_serves_its_own_health_and_metrics() {
         json!({"status": "ok", "database": true, "redis": true})
     );
 
-    let agent = app
-        .register_and_login("agent@example.com")
-        .await
-        .access_token;
-    let queued = app
-        .generate(&agent, &json!({"document_type": "quote"}))
+    // The one job slot busy with a slow document, two more wait: the worker's gauge,
+    // refreshed on its reconciler's tick, sees them.
+    let admin = app.admin().await.access_token;
+    let slow = app
+        .create_template(&admin, "Slow", crate::lifecycle::SLOW_TEMPLATE)
         .await;
-    app.wait_for_document(&agent, queued["id"].as_str().unwrap())
+    let busy = app
+        .generate(
+            &admin,
+            &json!({"document_type": "quote", "template_id": slow["id"]}),
+        )
         .await;
-    let text = app
-        .client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for expected in [
-        r#"documents_total{format="html",outcome="ready"} 1"#,
-        r#"document_stage_seconds_count{format="html",stage="render"} 1"#,
-        r#"document_stage_seconds_count{format="html",stage="store"} 1"#,
-        "document_queue_wait_seconds_count 1",
-        "queue_depth",
-        "pdf_engine_restarts",
-    ] {
-        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    let mut ids = vec![busy["id"].as_str().unwrap().to_owned()];
+    crate::lifecycle::wait_for_status(&app, &admin, &ids[0], "processing").await;
+    for n in 0..2 {
+        let doc = app
+            .generate(
+                &admin,
+                &json!({"document_type": "quote", "inline_context": {"n": n}}),
+            )
+            .await;
+        ids.push(doc["id"].as_str().unwrap().to_owned());
     }
+    until_queue_depth(&app, &worker_metrics, 2.0).await;
+
+    for id in &ids {
+        let doc = app.wait_for_document(&admin, id).await;
+        assert_eq!(doc["status"], "ready", "{doc}");
+    }
+    until_queue_depth(&app, &worker_metrics, 0.0).await;
+    let metrics = scrape(&app, &worker_metrics).await;
+    let html = |stage: &'static str| [("format", "html"), ("stage", stage)];
+    assert_eq!(
+        metrics.value(
+            "documents_total",
+            &[("format", "html"), ("outcome", "ready")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metrics.value("document_stage_seconds_count", &html("render")),
+        3.0
+    );
+    assert_eq!(
+        metrics.value("document_stage_seconds_count", &html("store")),
+        3.0
+    );
+    assert_eq!(metrics.value("document_queue_wait_seconds_count", &[]), 3.0);
+    assert_eq!(metrics.value("pdf_engine_restarts", &[]), 0.0);
+    assert_eq!(
+        app.metrics().await.get(
+            "documents_total",
+            &[("format", "html"), ("outcome", "ready")]
+        ),
+        None,
+        "the API renders nothing on Postgres + Redis"
+    );
     app.stop().await;
+}
+
+/// The samples `url` exposes.
+async fn scrape(app: &TestApp, url: &str) -> Metrics {
+    let res = app.client.get(url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "GET {url}");
+    Metrics::parse(&res.text().await.unwrap())
+}
+
+/// Scrapes `url` until its `queue_depth` is `depth`.
+async fn until_queue_depth(app: &TestApp, url: &str, depth: f64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen = scrape(app, url).await.value("queue_depth", &[]);
+        if seen == depth {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} keeps queue_depth {seen}, not {depth}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 on_both_backends!(
