@@ -141,33 +141,20 @@ async fn create(
     if let Some(content) = &body.content {
         check_content(body.format, content)?;
     }
-    let options = check_options(&body.options)?;
-    let (template, version) = state
-        .db
-        .templates()
-        .create(
-            NewTemplate {
-                name: body.name.trim(),
-                template_type: body.template_type.trim(),
-                format: body.format,
-                scope: body.scope.trim(),
-                is_active: body.is_active,
-                options,
-                created_by: user.id(),
-            },
-            body.content.as_deref(),
-        )
-        .await
-        .map_err(duplicate)?;
-    record_change(
-        &state,
-        &meta,
-        &user,
-        "template_created",
-        "template",
-        template.id,
-    )
-    .await;
+    let new = NewTemplate {
+        name: body.name.trim(),
+        template_type: body.template_type.trim(),
+        format: body.format,
+        scope: body.scope.trim(),
+        is_active: body.is_active,
+        options: check_options(&body.options)?,
+        created_by: user.id(),
+    };
+    let templates = state.db.templates();
+    let created = templates.create(new, body.content.as_deref()).await;
+    let (template, version) = created.map_err(duplicate)?;
+    let id = template.id;
+    record_change(&state, &meta, &user, "template_created", "template", id).await;
     let out = TemplateOut {
         template,
         versions: version.into_iter().collect(),
