@@ -451,7 +451,8 @@ impl TestApp {
     }
 
     /// Stops the server (and the embedded worker) and waits for the drain, stops the worker
-    /// processes [`spawn_app`] started, and drops the test's database.
+    /// processes [`spawn_app`] started, and hands the test's database to the next round of
+    /// drops (see [`postgres`]).
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -465,7 +466,7 @@ impl TestApp {
         }
         if let Some(database) = self.database.take() {
             self.state.db.close().await;
-            database.drop_now().await;
+            drop(database);
         }
     }
 

@@ -4,17 +4,22 @@
 //! Migrating an empty database for every test replays the same DDL a hundred times. Instead
 //! the first test of a run builds `mona_tpl_<hash of migrations/postgres>` with the
 //! application's own migrator and marks it a template; every test then clones it with
-//! `CREATE DATABASE … TEMPLATE`, a file copy on the server. The template is built under
+//! `CREATE DATABASE … TEMPLATE`, a copy made by the server. The template is built under
 //! an advisory lock, because the tests of this process and of other test processes (other
 //! branches, other people) race for it; a template whose migrations did not finish is
 //! never marked, so the next test builds it again. Templates are kept: a suite of another
 //! branch may still be cloning from one.
 //!
-//! A test database is dropped when its [`TestDatabase`] goes: `TestApp::stop`, or the
-//! unwinding of a test that panicked. Its name carries the machine and the test process
-//! (`mona_t_<host>_<pid>_<random>`), so what a killed process left behind can be told from
-//! the databases of a suite still running: `scripts/test` drops those of its own machine
-//! whose process is gone.
+//! A test database is dropped once its [`TestDatabase`] goes (`TestApp::stop`, or the
+//! unwinding of a test that panicked), in rounds of [`DROP_ROUND`], beside the tests.
+//! Postgres 15 checkpoints on every `DROP DATABASE`, a second or more on a busy server:
+//! waiting for that after each test made the Postgres half of the suite much slower, and
+//! one drop per test, even off the tests' path, cost more than the template saves; drops
+//! sent together wait for the same checkpoint. The
+//! last round of a run is left, and so is whatever a killed process made: a database's
+//! name carries the machine and the process that made it (`mona_t_<host>_<pid>_<random>`),
+//! so that the first test of every run, and `scripts/test`, drop the ones of their machine
+//! whose process is gone, never those of a suite still running.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -39,7 +44,6 @@ pub struct TestDatabase {
     pub url: String,
     name: String,
     server: String,
-    dropped: bool,
 }
 
 impl TestDatabase {
@@ -48,8 +52,8 @@ impl TestDatabase {
         let server = server_url();
         let template = template(&server).await;
         let name = format!(
-            "mona_t_{}_{}_{}",
-            host_tag(),
+            "{}{}_{}",
+            name_prefix(),
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
@@ -64,46 +68,65 @@ impl TestDatabase {
             url: database_url(&server, &name),
             name,
             server,
-            dropped: false,
         }
-    }
-
-    /// Drops the database, ending whatever sessions still use it.
-    pub async fn drop_now(mut self) {
-        self.dropped = true;
-        drop_database(&self.server, &self.name).await;
     }
 }
 
 impl Drop for TestDatabase {
-    /// A test that panicked drops its database too. The async runtime this runs in may be
-    /// shutting down, so the drop gets a thread and a runtime of its own.
     fn drop(&mut self) {
-        if self.dropped {
-            return;
-        }
-        let (server, name) = (self.server.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the drop")
-                .block_on(drop_database(&server, &name));
-        })
-        .join();
-        if dropped.is_err() {
-            eprintln!("could not drop the test database {}", self.name);
-        }
+        finished_with(&self.server, &self.name);
     }
 }
 
+/// How many finished databases are dropped together (see the module's documentation),
+/// and how many connections a round uses: the server's connections are shared with the
+/// tests, and with other suites.
+const DROP_ROUND: usize = 16;
+const DROP_CONNECTIONS: usize = 4;
+
+/// The databases tests have finished with, waiting for the next round of drops.
+static FINISHED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that a test is done with database `name`, and starts a round of drops once
+/// [`DROP_ROUND`] are waiting.
+fn finished_with(server: &str, name: &str) {
+    let round = {
+        let mut finished = FINISHED.lock().unwrap();
+        finished.push((server.to_owned(), name.to_owned()));
+        if finished.len() < DROP_ROUND {
+            return;
+        }
+        std::mem::take(&mut *finished)
+    };
+    drop_in_background(round);
+}
+
+/// Drops `databases`, [`DROP_CONNECTIONS`] at a time (drops sent together wait for the
+/// same checkpoint), ending whatever sessions still use them, on a thread and a runtime of
+/// their own: the test's runtime may be shutting down.
+fn drop_in_background(databases: Vec<(String, String)>) {
+    use futures::StreamExt;
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the drops")
+            .block_on(
+                futures::stream::iter(&databases)
+                    .for_each_concurrent(DROP_CONNECTIONS, |(server, name)| {
+                        drop_database(server, name)
+                    }),
+            );
+    });
+}
+
+/// Drops database `name`; a failure is reported, and left to the next run's clean-up.
 async fn drop_database(server: &str, name: &str) {
     let mut conn = connect(server).await;
-    execute(
-        &mut conn,
-        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-    )
-    .await;
+    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    if let Err(err) = conn.execute(sqlx::AssertSqlSafe(sql)).await {
+        eprintln!("cannot drop the test database {name}: {err}");
+    }
     let _ = conn.close().await;
 }
 
@@ -124,6 +147,7 @@ async fn build_template(server: &str) -> String {
         .execute(&mut conn)
         .await
         .expect("take the template lock");
+    drop_leftovers(&mut conn, server).await;
     let finished: Option<bool> =
         sqlx::query_scalar("SELECT datistemplate FROM pg_database WHERE datname = $1")
             .bind(&name)
@@ -154,6 +178,40 @@ async fn build_template(server: &str) -> String {
         .expect("release the template lock");
     let _ = conn.close().await;
     name
+}
+
+/// Starts dropping the test databases of this machine whose process is gone (it exited
+/// with its last round unfinished, or was killed). Never those of a live process.
+async fn drop_leftovers(conn: &mut PgConnection, server: &str) {
+    let prefix = name_prefix();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(&prefix)
+            .fetch_all(conn)
+            .await
+            .expect("list the test databases");
+    let leftovers: Vec<_> = names
+        .into_iter()
+        .filter(|name| {
+            let pid = name[prefix.len()..].split('_').next().unwrap_or_default();
+            pid.parse().is_ok_and(process_is_gone)
+        })
+        .map(|name| (server.to_owned(), name))
+        .collect();
+    if !leftovers.is_empty() {
+        drop_in_background(leftovers);
+    }
+}
+
+/// Whether no process `pid` runs on this machine; false when that cannot be told.
+fn process_is_gone(pid: u32) -> bool {
+    if std::path::Path::new("/proc/self").exists() {
+        return !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    }
+    std::process::Command::new("ps")
+        .args(["-p", &pid.to_string()])
+        .output()
+        .is_ok_and(|out| out.status.code() == Some(1))
 }
 
 /// Runs the application's migrations on `url`, as `monassurance-api migrate` would.
@@ -187,18 +245,20 @@ fn migrations_hash() -> String {
     hex::encode(hash.finalize())[..16].to_owned()
 }
 
-/// Six hex digits of a SHA-256 of `uname -n`, as `scripts/test` computes them: a process
-/// id means something only on the machine (or in the container) that issued it.
-fn host_tag() -> &'static str {
-    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TAG.get_or_init(|| {
+/// `mona_t_<host>_`, the start of this machine's test database names; the pid follows.
+/// `<host>` is six hex digits of a SHA-256 of `uname -n`, as `scripts/test` computes them:
+/// a process id means something only on the machine (or in the container) that issued it.
+fn name_prefix() -> String {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let host = HOST.get_or_init(|| {
         let out = std::process::Command::new("uname")
             .arg("-n")
             .output()
             .expect("uname runs");
         let host = String::from_utf8_lossy(&out.stdout);
         hex::encode(Sha256::digest(host.trim().as_bytes()))[..6].to_owned()
-    })
+    });
+    format!("mona_t_{host}_")
 }
 
 /// `server` with its database replaced by `name`.
@@ -217,7 +277,10 @@ async fn connect(url: &str) -> PgConnection {
     let attempt = tokio::time::timeout(Duration::from_secs(10), options.connect()).await;
     match attempt {
         Ok(Ok(conn)) => conn,
-        Ok(Err(err)) => panic!("{}", super::missing("Postgres", url, &err.to_string())),
+        Ok(Err(err @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_)))) => {
+            panic!("{}", super::missing("Postgres", url, &err.to_string()))
+        }
+        Ok(Err(err)) => panic!("Postgres at {url} refused a connection: {err}"),
         Err(_) => panic!(
             "{}",
             super::missing("Postgres", url, "no answer within 10 s")
