@@ -43,7 +43,6 @@ pub struct TestDatabase {
     /// The `DATABASE_URL` of the test database.
     pub url: String,
     name: String,
-    server: String,
 }
 
 impl TestDatabase {
@@ -67,14 +66,13 @@ impl TestDatabase {
         TestDatabase {
             url: database_url(&server, &name),
             name,
-            server,
         }
     }
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        finished_with(&self.server, &self.name);
+        finished_with(&self.name);
     }
 }
 
@@ -85,14 +83,14 @@ const DROP_ROUND: usize = 16;
 const DROP_CONNECTIONS: usize = 4;
 
 /// The databases tests have finished with, waiting for the next round of drops.
-static FINISHED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+static FINISHED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// Records that a test is done with database `name`, and starts a round of drops once
 /// [`DROP_ROUND`] are waiting.
-fn finished_with(server: &str, name: &str) {
+fn finished_with(name: &str) {
     let round = {
         let mut finished = FINISHED.lock().unwrap();
-        finished.push((server.to_owned(), name.to_owned()));
+        finished.push(name.to_owned());
         if finished.len() < DROP_ROUND {
             return;
         }
@@ -101,33 +99,33 @@ fn finished_with(server: &str, name: &str) {
     drop_in_background(round);
 }
 
-/// Drops `databases`, [`DROP_CONNECTIONS`] at a time (drops sent together wait for the
-/// same checkpoint), ending whatever sessions still use them, on a thread and a runtime of
-/// their own: the test's runtime may be shutting down.
-fn drop_in_background(databases: Vec<(String, String)>) {
-    use futures::StreamExt;
+/// Drops `databases` over [`DROP_CONNECTIONS`] connections (drops sent together wait for
+/// the same checkpoint), ending whatever sessions still use them, on a thread and a
+/// runtime of their own: the test's runtime may be shutting down. A failure is reported,
+/// and what is left is the next run's.
+fn drop_in_background(databases: Vec<String>) {
     std::thread::spawn(move || {
+        let share = databases.len().div_ceil(DROP_CONNECTIONS);
+        let drops = databases.chunks(share.max(1)).map(|names| async move {
+            let server = server_url();
+            let mut conn = match try_connect(&server).await {
+                Ok(conn) => conn,
+                Err(err) => return eprintln!("cannot drop test databases: {err}"),
+            };
+            for name in names {
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                if let Err(err) = conn.execute(sqlx::AssertSqlSafe(sql)).await {
+                    eprintln!("cannot drop the test database {name}: {err}");
+                }
+            }
+            let _ = conn.close().await;
+        });
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime for the drops")
-            .block_on(
-                futures::stream::iter(&databases)
-                    .for_each_concurrent(DROP_CONNECTIONS, |(server, name)| {
-                        drop_database(server, name)
-                    }),
-            );
+            .block_on(futures::future::join_all(drops));
     });
-}
-
-/// Drops database `name`; a failure is reported, and left to the next run's clean-up.
-async fn drop_database(server: &str, name: &str) {
-    let mut conn = connect(server).await;
-    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-    if let Err(err) = conn.execute(sqlx::AssertSqlSafe(sql)).await {
-        eprintln!("cannot drop the test database {name}: {err}");
-    }
-    let _ = conn.close().await;
 }
 
 /// The name of the migrated template for the current migrations, built if missing.
@@ -147,7 +145,7 @@ async fn build_template(server: &str) -> String {
         .execute(&mut conn)
         .await
         .expect("take the template lock");
-    drop_leftovers(&mut conn, server).await;
+    drop_leftovers(&mut conn).await;
     let finished: Option<bool> =
         sqlx::query_scalar("SELECT datistemplate FROM pg_database WHERE datname = $1")
             .bind(&name)
@@ -182,7 +180,7 @@ async fn build_template(server: &str) -> String {
 
 /// Starts dropping the test databases of this machine whose process is gone (it exited
 /// with its last round unfinished, or was killed). Never those of a live process.
-async fn drop_leftovers(conn: &mut PgConnection, server: &str) {
+async fn drop_leftovers(conn: &mut PgConnection) {
     let prefix = name_prefix();
     let names: Vec<String> =
         sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
@@ -196,7 +194,6 @@ async fn drop_leftovers(conn: &mut PgConnection, server: &str) {
             let pid = name[prefix.len()..].split('_').next().unwrap_or_default();
             pid.parse().is_ok_and(process_is_gone)
         })
-        .map(|name| (server.to_owned(), name))
         .collect();
     if !leftovers.is_empty() {
         drop_in_background(leftovers);
@@ -268,24 +265,27 @@ fn database_url(server: &str, name: &str) -> String {
     url.to_string()
 }
 
-/// A connection to the server, or a failure that says what to do. Its statements are not
-/// logged: a `DROP DATABASE` waits for a checkpoint, and is slow without being news.
+/// A connection to the server, or a failure that says what to do.
 async fn connect(url: &str) -> PgConnection {
-    let options = PgConnectOptions::from_str(url)
-        .unwrap_or_else(|err| panic!("TEST_DATABASE_URL {url:?}: {err}"))
-        .disable_statement_logging();
-    let attempt = tokio::time::timeout(Duration::from_secs(10), options.connect()).await;
-    match attempt {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(err @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_)))) => {
+    match try_connect(url).await {
+        Ok(conn) => conn,
+        Err(err @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_))) => {
             panic!("{}", super::missing("Postgres", url, &err.to_string()))
         }
-        Ok(Err(err)) => panic!("Postgres at {url} refused a connection: {err}"),
-        Err(_) => panic!(
-            "{}",
-            super::missing("Postgres", url, "no answer within 10 s")
-        ),
+        Err(err) => panic!("cannot connect to Postgres at {url}: {err}"),
     }
+}
+
+/// A connection to the server whose statements are not logged: a `DROP DATABASE` waits for
+/// a checkpoint, and is slow without being news. No answer within 10 s is a timeout.
+async fn try_connect(url: &str) -> Result<PgConnection, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.disable_statement_logging();
+    tokio::time::timeout(Duration::from_secs(10), options.connect())
+        .await
+        .unwrap_or_else(|_| {
+            let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s");
+            Err(sqlx::Error::Io(timeout))
+        })
 }
 
 async fn execute(conn: &mut PgConnection, sql: String) {
