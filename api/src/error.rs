@@ -87,9 +87,23 @@ impl ApiError {
         err
     }
 
-    pub fn unavailable(detail: impl Into<String>, retry_after: u64) -> Self {
-        let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail);
+    /// 503 with `Retry-After`: something the request needs is busy or down for now.
+    pub fn unavailable(code: &'static str, detail: impl Into<String>, retry_after: u64) -> Self {
+        let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail);
         err.retry_after = Some(retry_after);
+        err
+    }
+
+    /// 503 `database_unavailable` with `Retry-After`: the database does not answer. Logged
+    /// as a warning: the outage is the operator's to see, not a defect of the request.
+    pub fn database_unavailable(err: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %err, "the database is unavailable");
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "The database is unavailable; try again shortly.",
+        );
+        err.retry_after = Some(DATABASE_RETRY_AFTER_SECONDS);
         err
     }
 
@@ -138,14 +152,21 @@ impl From<DbError> for ApiError {
                 "unstorable_text",
                 "A text contains a character that cannot be stored (such as NUL).",
             ),
+            DbError::Unavailable(err) => ApiError::database_unavailable(&err),
             other => ApiError::internal(other),
         }
     }
 }
 
+/// An error from deeper down (a service step with context): a database outage anywhere in
+/// its chain still answers 503, anything else 500.
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> Self {
-        ApiError::internal(err)
+        if common::db::is_outage(&err) {
+            ApiError::database_unavailable(&format!("{err:#}"))
+        } else {
+            ApiError::internal(err)
+        }
     }
 }
 
@@ -177,6 +198,10 @@ impl std::fmt::Display for ApiError {
         f.write_str(&self.detail)
     }
 }
+
+/// The `Retry-After` of a database outage: long enough not to hammer a recovering server,
+/// short enough that clients come back soon after it does.
+const DATABASE_RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Handler results.
 pub type ApiResult<T> = Result<T, ApiError>;

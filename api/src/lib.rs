@@ -57,8 +57,13 @@ pub struct AppInner {
     pub public_base_url: String,
     /// The security headers every answer carries, computed once.
     pub security_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whether the document worker runs in this process (`monassurance-api all`).
+    pub embedded_worker: bool,
     /// The rate limits' store: Redis when configured, else this process's memory.
     pub limiter: common::limits::Limiter,
+    /// Documents accepted while the queue refused their job, for the outbox relay
+    /// ([`common::maintenance::relay`]).
+    pub outbox: Arc<common::maintenance::Outbox>,
     /// The number of queued documents, recounted at most every [`QUEUED_COUNT_TTL`] so
     /// backpressure costs one count per interval, not one per request.
     queued: tokio::sync::Mutex<Option<(std::time::Instant, i64)>>,
@@ -111,12 +116,11 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to the database (migrating it), the queue and the object store, creates the
-    /// bootstrap admin if configured, and binds `BIND_ADDR`. With `embedded_worker`, the
-    /// document worker runs in this process too.
+    /// Connects to the database (migrating it; waiting while it does not answer), the queue
+    /// and the object store, creates the bootstrap admin if configured, and binds
+    /// `BIND_ADDR`. With `embedded_worker`, the document worker runs in this process too.
     pub async fn build(settings: Settings, embedded_worker: bool) -> anyhow::Result<Application> {
-        let db = Db::connect(&settings).await?;
-        db.migrate().await?;
+        let db = Db::open(&settings).await?;
         tokio::spawn(db.clone().watch_session_changes());
         admin::bootstrap(&db, &settings).await?;
         let redis = common::queue::connect_redis(&settings).await?;
@@ -143,6 +147,8 @@ impl Application {
             security_headers: middleware::security_header_list(&settings)?,
             request_id_header,
             queued: tokio::sync::Mutex::new(None),
+            outbox: Arc::default(),
+            embedded_worker,
             limiter,
             settings,
             db,
@@ -188,6 +194,14 @@ impl Application {
             }))
         });
 
+        let relay = tokio::spawn(common::maintenance::relay(
+            state.db.clone(),
+            state.queue.clone(),
+            state.settings.queue.queued_lease,
+            state.outbox.clone(),
+            stop_rx.clone(),
+        ));
+
         let app = NormalizePathLayer::trim_trailing_slash().layer(routes::router(state.clone()));
         let service =
             axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
@@ -209,6 +223,7 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         server.await.context("the HTTP server failed")?;
+        relay.await.context("the outbox relay panicked")?;
         if let Some(worker) = worker {
             worker.await.context("the worker task panicked")??;
         }

@@ -18,9 +18,24 @@ use uuid::Uuid;
 /// object may have been written after the listing was taken.
 const LOST_CHECK_GRACE: Duration = Duration::from_secs(60);
 
-/// Enqueues again the documents whose lease ran out (their job was lost: a worker killed
-/// mid-job, a queue restarted empty). Returns how many.
+/// Enqueues again the documents whose lease ran out: their job was lost (a worker killed
+/// mid-job, a queue restarted empty) or never taken (the queue was down when the API
+/// accepted them). A Redis that lost everything it held is noticed here first, and every
+/// queued document is enqueued again at once rather than when its lease runs out.
+/// Returns how many documents were enqueued.
+///
+/// When a push fails, the documents not yet pushed get their lease back as expired, so the
+/// next round tries them again; the error is returned.
 pub async fn reconcile(db: &Db, queue: &JobQueue, queued_lease: Duration) -> anyhow::Result<usize> {
+    if queue.lost_its_jobs().await? {
+        let count = db.documents().expire_queued_leases().await?;
+        if count > 0 {
+            warn!(
+                count,
+                "the queue lost its jobs; enqueueing every queued document again"
+            );
+        }
+    }
     let mut total = 0;
     loop {
         let expired = db
@@ -30,15 +45,89 @@ pub async fn reconcile(db: &Db, queue: &JobQueue, queued_lease: Duration) -> any
         if expired.is_empty() {
             return Ok(total);
         }
-        total += expired.len();
-        for (document_id, request_id) in expired {
+        for (n, (document_id, request_id)) in expired.iter().enumerate() {
             info!(%document_id, "lease expired; enqueueing the document again");
-            queue
-                .push(RenderJob {
-                    document_id,
-                    request_id,
-                })
-                .await?;
+            let job = RenderJob {
+                document_id: *document_id,
+                request_id: request_id.clone(),
+            };
+            if let Err(err) = queue.push(job).await {
+                for (unpushed, _) in &expired[n..] {
+                    db.documents().expire_lease(*unpushed).await?;
+                }
+                return Err(err);
+            }
+            total += 1;
+        }
+    }
+}
+
+/// The API's side of the outbox: a document accepted while the queue refused its job keeps
+/// its row (with an expired lease) and is [`Outbox::defer`]red; [`relay`] then enqueues it
+/// as soon as the queue answers. While an outage is known, producers skip the push
+/// altogether ([`Outbox::in_outage`]): a request then costs no wait on a queue that does
+/// not answer.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    wake: tokio::sync::Notify,
+    outage: std::sync::atomic::AtomicBool,
+}
+
+impl Outbox {
+    /// Hands a queued document (whose lease the caller expired) to the relay.
+    pub fn defer(&self) {
+        self.outage
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Whether the relay is still waiting for the queue to answer.
+    pub fn in_outage(&self) -> bool {
+        self.outage.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Runs the outbox: after each [`Outbox::defer`], [`reconcile`] until the queue takes
+/// everything, backing off from 100 ms to 2 s in between. Workers' timers reconcile too,
+/// so nothing depends on this process staying up; the relay makes the hand-over as quick
+/// as the queue's return. Runs until `stop` turns true.
+pub async fn relay(
+    db: Db,
+    queue: JobQueue,
+    queued_lease: Duration,
+    outbox: std::sync::Arc<Outbox>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
+    const LAST_RETRY: Duration = Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = outbox.wake.notified() => {}
+        }
+        let mut delay = FIRST_RETRY;
+        loop {
+            match reconcile(&db, &queue, queued_lease).await {
+                Ok(count) => {
+                    // A document deferred from here on wakes the relay again.
+                    outbox
+                        .outage
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    info!(
+                        count,
+                        "documents accepted during a queue outage are enqueued"
+                    );
+                    break;
+                }
+                Err(err) => {
+                    warn!(error = %format!("{err:#}"), retry_ms = delay.as_millis() as u64, "the queue still refuses jobs")
+                }
+            }
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(LAST_RETRY);
         }
     }
 }

@@ -33,10 +33,14 @@ pub struct RenderJob {
     pub request_id: Option<String>,
 }
 
-/// How long a Redis worker may go without a heartbeat before its jobs are given to
-/// another worker (apalis' default is 300 s).
-pub const REDIS_HEARTBEAT: Duration = Duration::from_secs(5);
-pub const REDIS_MISSED_HEARTBEATS: usize = 3;
+/// How often a queue consumer heartbeats against the queue, and how many it may miss
+/// before its jobs are given to another worker (apalis' default is 30 s × 10 = 300 s).
+pub const QUEUE_HEARTBEAT: Duration = Duration::from_secs(5);
+pub const QUEUE_MISSED_HEARTBEATS: usize = 3;
+
+/// How long a push may take before the queue counts as unavailable: a producer must not
+/// hang on a queue that stalls (the row is kept and pushed later, see [`JobQueue::push`]).
+const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connection to `REDIS_URL`, when it is set: one connection manager (it reconnects
 /// by itself) shared by the queue and the rate limiter.
@@ -81,6 +85,9 @@ pub struct SqliteSource {
 pub struct RedisSource {
     storage: Box<RedisStorage<RenderJob>>,
     conn: ConnectionManager,
+    /// `<QUEUE_NAME>:monassurance:marker`: present while Redis still holds what it was
+    /// given (see [`JobQueue::lost_its_jobs`]).
+    marker_key: String,
 }
 
 impl SqliteSource {
@@ -117,10 +124,15 @@ impl JobQueue {
             Some(conn) => {
                 let config = apalis_redis::Config::default()
                     .queue(&settings.queue.name)
-                    .heartbeat_interval(REDIS_HEARTBEAT)
-                    .missed_heartbeats(REDIS_MISSED_HEARTBEATS);
+                    .heartbeat_interval(QUEUE_HEARTBEAT)
+                    .missed_heartbeats(QUEUE_MISSED_HEARTBEATS);
                 let storage = Box::new(RedisStorage::new(conn.clone()).with_config(config));
-                Consumer::Redis(RedisSource { storage, conn })
+                let marker_key = format!("{}:monassurance:marker", settings.queue.name);
+                Consumer::Redis(RedisSource {
+                    storage,
+                    conn,
+                    marker_key,
+                })
             }
             None => Consumer::Sqlite(open_sqlite(settings).await?),
         };
@@ -137,7 +149,8 @@ impl JobQueue {
         self.push_after(job, Duration::ZERO).await
     }
 
-    /// Enqueues a render job to run no sooner than `delay` from now (retry backoff).
+    /// Enqueues a render job to run no sooner than `delay` from now (retry backoff). Fails
+    /// after [`PUSH_TIMEOUT`] when the queue does not answer.
     pub async fn push_after(&self, job: RenderJob, delay: Duration) -> anyhow::Result<TaskId> {
         let id = TaskId::from_ulid(ulid::Ulid::generate());
         let mut builder = TaskBuilder::new(job).task_id(id.clone());
@@ -145,20 +158,49 @@ impl JobQueue {
             builder = builder.run_at_timestamp(unix_seconds_after(delay));
         }
         let task = builder.build();
-        match &self.backend {
-            Consumer::Sqlite(queue) => SqliteStorage::<RenderJob>::new(&queue.pool)
-                .with_config(queue.config.clone())
-                .push_task(task)
-                .await
-                .context("cannot enqueue the job")?,
-            Consumer::Redis(queue) => queue
-                .storage
-                .clone()
-                .push_task(task)
-                .await
-                .context("cannot enqueue the job")?,
-        }
+        let push = async {
+            match &self.backend {
+                Consumer::Sqlite(queue) => SqliteStorage::<RenderJob>::new(&queue.pool)
+                    .with_config(queue.config.clone())
+                    .push_task(task)
+                    .await
+                    .context("cannot enqueue the job"),
+                Consumer::Redis(queue) => queue
+                    .storage
+                    .clone()
+                    .push_task(task)
+                    .await
+                    .context("cannot enqueue the job"),
+            }
+        };
+        tokio::time::timeout(PUSH_TIMEOUT, push)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot enqueue the job: the queue did not answer within {PUSH_TIMEOUT:?}"
+                )
+            })??;
         Ok(id)
+    }
+
+    /// Whether the queue lost what it held since a process last asked: a Redis restarted
+    /// empty or flushed. Redis keeps a marker key beside the queue's own; this sets it when
+    /// it is missing, so exactly one caller hears `true` per loss (and the first caller of
+    /// a new deployment, harmlessly). The embedded SQLite queue cannot lose jobs behind our
+    /// back: always `false`.
+    pub async fn lost_its_jobs(&self) -> anyhow::Result<bool> {
+        let Consumer::Redis(queue) = &self.backend else {
+            return Ok(false);
+        };
+        let mut conn = queue.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&queue.marker_key)
+            .arg(uuid::Uuid::new_v4().to_string())
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .context("cannot check the queue's marker key")?;
+        Ok(set.is_some())
     }
 
     /// Whether the queue's server answers (`None` for the embedded SQLite queue).
@@ -193,8 +235,8 @@ async fn open_sqlite(settings: &Settings) -> anyhow::Result<SqliteSource> {
         .context("cannot prepare the SQLite job queue")?;
     let config = apalis_sqlite::Config::default()
         .queue(&settings.queue.name)
-        .heartbeat_interval(Duration::from_secs(5))
-        .missed_heartbeats(3);
+        .heartbeat_interval(QUEUE_HEARTBEAT)
+        .missed_heartbeats(QUEUE_MISSED_HEARTBEATS);
     Ok(SqliteSource {
         pool,
         config,

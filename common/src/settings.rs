@@ -146,6 +146,9 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// `SLOW_QUERY_MS`: statements slower than this are logged at WARN.
     pub slow_query_ms: u64,
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS`: how long a request waits for a pooled connection (or
+    /// for a new one while the database does not answer) before it is told 503.
+    pub acquire_timeout: Duration,
     /// `AUTH_CACHE_SECONDS`: how long the API may trust an open session without asking the
     /// database again (see `db::session_cache`); 0 asks on every request.
     pub auth_cache_seconds: u64,
@@ -261,6 +264,19 @@ pub struct WorkerSettings {
     /// `MAINTENANCE_INTERVAL_SECONDS`: how often a worker purges orphans and applies
     /// retention.
     pub maintenance_interval: Duration,
+    /// `WORKER_HEARTBEAT_MS`: how often a worker records that it is alive; one not heard of
+    /// for three of these is stale.
+    pub heartbeat_interval: Duration,
+    /// `WORKER_STALL_SECONDS`: a document queued longer than this with no live worker makes
+    /// `/health/db` degraded.
+    pub stall_after: Duration,
+}
+
+impl WorkerSettings {
+    /// How long a worker may go unheard before it counts as stale.
+    pub fn stale_after(&self) -> Duration {
+        self.heartbeat_interval * 3
+    }
 }
 
 /// The wkhtmltopdf engines.
@@ -403,6 +419,7 @@ impl DatabaseSettings {
                 .unwrap_or_else(|| sqlite_url(data_dir, "monassurance.db")),
             max_connections: env.value("DATABASE_MAX_CONNECTIONS", "10")?,
             slow_query_ms: env.value("SLOW_QUERY_MS", "500")?,
+            acquire_timeout: env.millis("DATABASE_ACQUIRE_TIMEOUT_MS", "5000")?,
             auth_cache_seconds: env.value("AUTH_CACHE_SECONDS", "30")?,
         })
     }
@@ -590,6 +607,8 @@ impl WorkerSettings {
                 })
                 .transpose()?,
             maintenance_interval: env.seconds("MAINTENANCE_INTERVAL_SECONDS", "3600")?,
+            heartbeat_interval: env.millis("WORKER_HEARTBEAT_MS", "5000")?,
+            stall_after: env.seconds("WORKER_STALL_SECONDS", "60")?,
         })
     }
 }

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     /// Lost jobs enqueued again by the reconciler.
     pub reconciled: Counter,
+    /// Documents accepted while the queue refused their job: kept, and enqueued by the
+    /// outbox relay once the queue answers.
+    pub deferred: Counter,
     /// PDF engine processes killed and replaced (timeout, crash), and retired after their
     /// job quota; gauges mirroring the engine's own counters.
     pub engine_restarts: Gauge,
@@ -106,6 +109,7 @@ impl Metrics {
         let queue_depth = Gauge::default();
         let queue_wait = Histogram::new(exponential_buckets(0.001, 2.0, 18));
         let reconciled = Counter::default();
+        let deferred = Counter::default();
         let engine_restarts = Gauge::default();
         let engine_recycled = Gauge::default();
         let rate_limited = Family::<ScopeLabels, Counter>::default();
@@ -159,10 +163,16 @@ impl Metrics {
             "Lost jobs enqueued again by the reconciler",
             reconciled.clone(),
         );
+        registry.register(
+            "documents_deferred",
+            "Documents accepted while the queue refused their job, enqueued once it answered",
+            deferred.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             queue_wait,
             reconciled,
+            deferred,
             engine_restarts,
             engine_recycled,
             rate_limited,

@@ -15,16 +15,20 @@ pub mod pipeline;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use apalis::prelude::*;
+use common::db::workers::WorkerCounts;
 use common::maintenance;
-use common::queue::{Consumer, JobQueue, RenderJob};
+use common::queue::{Consumer, JobQueue, QUEUE_HEARTBEAT, RenderJob};
 use common::storage::Storage;
 use common::telemetry::Metrics;
 use common::{Db, Settings};
 use pdf::{PdfConfig, PdfEngine};
 use tokio::sync::watch;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
 /// What a job handler needs.
 pub struct Deps {
@@ -36,6 +40,45 @@ pub struct Deps {
     pub queue: JobQueue,
     /// Warm wkhtmltopdf processes.
     pub pdf: PdfEngine,
+    /// What this worker reports at each heartbeat.
+    pub activity: Activity,
+}
+
+/// A worker's counts and the liveness of its queue consumer, as its heartbeats report them.
+#[derive(Default)]
+pub struct Activity {
+    in_flight: AtomicI32,
+    processed: AtomicI64,
+    failed: AtomicI64,
+    /// When the queue consumer last heartbeated (apalis' own heartbeat against the queue),
+    /// in milliseconds since this worker started; see [`consumer_alive`].
+    consumer_beat_ms: AtomicU64,
+}
+
+impl Activity {
+    fn counts(&self) -> WorkerCounts {
+        WorkerCounts {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            processed: self.processed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counts a job as running until dropped.
+struct InFlight<'a>(&'a Activity);
+
+impl<'a> InFlight<'a> {
+    fn start(activity: &'a Activity) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Deps {
@@ -54,6 +97,16 @@ impl Deps {
             storage,
             metrics,
             queue,
+            activity: Activity::default(),
+        }
+    }
+
+    /// Counts a finished document (`ready` or `failed`) in the metrics and the heartbeat.
+    pub fn finished(&self, format: &str, outcome: &str) {
+        self.metrics.document_finished(format, outcome);
+        self.activity.processed.fetch_add(1, Ordering::Relaxed);
+        if outcome == "failed" {
+            self.activity.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -71,12 +124,20 @@ pub fn pdf_engine(settings: &Settings) -> PdfEngine {
 /// A name no other worker process shares: apalis refuses to register a name seen in the
 /// last heartbeat interval, so a restarted worker must not reuse its predecessor's.
 pub fn unique_worker_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
+    let host = hostname();
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     format!("render-{host}-{}-{suffix}", std::process::id())
 }
+
+/// How long a job waits for a database that stopped answering before it gives up and
+/// lets the queue deliver it again later.
+const DATABASE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// How long the worker registry remembers a worker it no longer hears from.
+const WORKER_MEMORY: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+/// How often a waiting job asks whether the database is back.
+const DATABASE_RECHECK: Duration = Duration::from_millis(500);
 
 async fn handle(job: RenderJob, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
     let span = info_span!(
@@ -84,10 +145,30 @@ async fn handle(job: RenderJob, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError
         document_id = %job.document_id,
         request_id = job.request_id.as_deref().unwrap_or("-"),
     );
-    pipeline::process(&deps, &job)
+    let _running = InFlight::start(&deps.activity);
+    process_through_outages(&deps, &job)
         .instrument(span)
         .await
         .map_err(Into::into)
+}
+
+/// Runs the job; when the database stops answering midway, waits for it (up to
+/// [`DATABASE_PATIENCE`]) and runs the job again, so the document is done within moments
+/// of the database's return instead of at the queue's next redelivery. Every step of a job
+/// is safe to repeat (see [`pipeline`]).
+async fn process_through_outages(deps: &Deps, job: &RenderJob) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + DATABASE_PATIENCE;
+    loop {
+        match pipeline::process(deps, job).await {
+            Err(err) if common::db::is_outage(&err) && tokio::time::Instant::now() < deadline => {
+                warn!(error = %format!("{err:#}"), "the database is unavailable; the job waits for it");
+                while !deps.db.ping().await && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(DATABASE_RECHECK).await;
+                }
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Runs workers on the queue until `shutdown` completes, then lets in-flight jobs finish
@@ -101,11 +182,35 @@ pub async fn run(
     let settings = &deps.settings;
     let (concurrency, poll) = (settings.worker.concurrency, settings.worker.poll_interval);
     info!(worker = %name, queue = deps.queue.backend_name(), concurrency, "worker starting");
+    let id = uuid::Uuid::now_v7();
+    deps.db
+        .workers()
+        .register(
+            id,
+            &name,
+            &hostname(),
+            std::process::id() as i32,
+            concurrency as i32,
+        )
+        .await
+        .context("cannot register the worker")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let periodic = tokio::spawn(periodic_tasks(deps.clone(), stop_rx));
+    let started = Instant::now();
+    let periodic = tokio::spawn(periodic_tasks(deps.clone(), id, started, stop_rx));
 
-    let monitor = Monitor::new().shutdown_timeout(settings.worker.drain_timeout);
+    let beats = deps.clone();
+    let monitor = Monitor::new()
+        .shutdown_timeout(settings.worker.drain_timeout)
+        .on_event(move |_ctx, event| {
+            if matches!(event, Event::Start | Event::HeartBeat) {
+                let now = started.elapsed().as_millis() as u64;
+                beats
+                    .activity
+                    .consumer_beat_ms
+                    .store(now, Ordering::Relaxed);
+            }
+        });
     // One apalis worker over the queue's backend; the monitor calls the factory again on
     // each restart, and the queue hands out a fresh backend each time.
     macro_rules! render_worker {
@@ -139,15 +244,63 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = periodic.await;
     deps.pdf.shutdown().await;
+    if let Err(err) = deps.db.workers().stop(id, deps.activity.counts()).await {
+        warn!(error = %err, "cannot record that the worker stopped");
+    }
     result?;
     info!("worker stopped");
     Ok(())
 }
 
+/// This machine's name, for the worker registry and the queue consumer's name.
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// Whether the queue consumer heartbeated recently: apalis heartbeats every
+/// [`QUEUE_HEARTBEAT`]; a consumer silent for three of those has stopped (a Redis call
+/// that never returned can leave it so), and this worker must not report itself live.
+fn consumer_alive(activity: &Activity, started: Instant) -> bool {
+    let last = Duration::from_millis(activity.consumer_beat_ms.load(Ordering::Relaxed));
+    started.elapsed().saturating_sub(last) <= QUEUE_HEARTBEAT * 3
+}
+
+/// Records a heartbeat while the queue consumer is alive; says so once when it is not.
+async fn heartbeat(deps: &Deps, id: uuid::Uuid, started: Instant, silent: &mut bool) {
+    if !consumer_alive(&deps.activity, started) {
+        if !*silent {
+            error!("the queue consumer stopped heartbeating; this worker now shows as stale");
+            *silent = true;
+        }
+        return;
+    }
+    if std::mem::take(silent) {
+        info!("the queue consumer heartbeats again");
+    }
+    if let Err(err) = deps
+        .db
+        .workers()
+        .heartbeat(id, deps.activity.counts())
+        .await
+    {
+        warn!(error = %err, "cannot record the worker's heartbeat");
+    }
+}
+
 /// The reconciler every `RECONCILE_INTERVAL_MS`, and orphan purge, the preview sweep and
 /// retention every
 /// `MAINTENANCE_INTERVAL_SECONDS`, until `stop`.
-async fn periodic_tasks(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
+async fn periodic_tasks(
+    deps: Arc<Deps>,
+    id: uuid::Uuid,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut beat = tokio::time::interval(deps.settings.worker.heartbeat_interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut silent = false;
     let mut reconcile = tokio::time::interval(deps.settings.worker.reconcile_interval);
     let mut maintenance = tokio::time::interval(deps.settings.worker.maintenance_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,6 +311,7 @@ async fn periodic_tasks(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.changed() => return,
+            _ = beat.tick() => heartbeat(&deps, id, started, &mut silent).await,
             _ = reconcile.tick() => {
                 match maintenance::reconcile(&deps.db, &deps.queue, deps.settings.queue.queued_lease).await {
                     Ok(0) => {}
@@ -183,6 +337,11 @@ async fn periodic_tasks(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
                     Ok(0) => {}
                     Ok(n) => info!(deleted = n, "abandoned previews swept"),
                     Err(err) => error!(error = %err, "preview sweep failed"),
+                }
+                match deps.db.workers().forget_before(common::now() - WORKER_MEMORY).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(forgotten = n, "workers unseen for a week forgotten"),
+                    Err(err) => error!(error = %err, "cannot forget old workers"),
                 }
                 if let Some(days) = deps.settings.worker.document_retention_days {
                     match maintenance::apply_retention(&deps.db, &deps.storage, days).await {

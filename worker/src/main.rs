@@ -21,8 +21,7 @@ use monassurance_worker::{Deps, run};
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init_tracing(&settings);
-    let db = Db::connect(&settings).await?;
-    db.migrate().await?;
+    let db = Db::open(&settings).await?;
     let redis = common::queue::connect_redis(&settings).await?;
     let queue = JobQueue::connect(&settings, redis).await?;
     let storage = Storage::open(&settings)?;

@@ -112,7 +112,7 @@ pub async fn process(deps: &Deps, job: &RenderJob) -> anyhow::Result<()> {
                 )
                 .await?;
             if won {
-                deps.metrics.document_finished(format, "ready");
+                deps.finished(format, "ready");
                 info!(
                     size = stored.size,
                     render_ms = stored.timings.render_ms,
@@ -184,8 +184,7 @@ async fn fail(deps: &Deps, doc: &Document, attempt: i32, reason: &str) -> anyhow
         .finish(doc.id, attempt, Outcome::Failed { error: reason })
         .await?;
     if won {
-        deps.metrics
-            .document_finished(doc.output_format.as_str(), "failed");
+        deps.finished(doc.output_format.as_str(), "failed");
     }
     Ok(())
 }

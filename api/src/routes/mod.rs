@@ -66,7 +66,8 @@ pub fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .nest("/templates", templates::router())
         .nest("/documents", documents::router())
         .nest("/users", users::router())
-        .nest("/audit-logs", audit::router());
+        .nest("/audit-logs", audit::router())
+        .nest("/ops", ops::api_router());
     let (routes, mut description) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .nest("/api/v1", api)
         .merge(ops::router())

@@ -1,19 +1,51 @@
-//! Health and metrics: no authentication, no prefix.
+//! Operations: health and metrics (no authentication, no prefix), and the operators'
+//! view under `/api/v1/ops` (managers and admins).
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use common::model::Role;
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{AuthUser, Json};
+use crate::service::ops::{self, QueueView, WorkersView};
 
+/// `/health`, `/health/db`, `/metrics`.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(health_db))
         .routes(routes!(metrics))
+}
+
+/// `/api/v1/ops/*`.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(workers))
+        .routes(routes!(queue))
+}
+
+#[utoipa::path(
+    get, path = "/workers", tag = "operations", operation_id = "ops_workers",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Live, stale and stopped workers (managers and admins).", body = WorkersView))
+)]
+async fn workers(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<WorkersView>> {
+    user.require(Role::Manager)?;
+    Ok(Json(ops::workers(&state).await?))
+}
+
+#[utoipa::path(
+    get, path = "/queue", tag = "operations", operation_id = "ops_queue",
+    security(("bearer" = [])),
+    responses((status = 200, description = "What waits, runs, finished and failed (managers and admins).", body = QueueView))
+)]
+async fn queue(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<QueueView>> {
+    user.require(Role::Manager)?;
+    Ok(Json(ops::queue(&state).await?))
 }
 
 #[utoipa::path(
@@ -37,19 +69,31 @@ struct HealthDbBody {
     database: bool,
     /// `null` when no Redis is configured (embedded mode).
     redis: Option<bool>,
+    /// Live workers; `null` in the embedded mode (the worker runs in the API's process)
+    /// and while the database does not answer.
+    workers: Option<i64>,
+    /// Documents have waited longer than `WORKER_STALL_SECONDS` with no live worker.
+    stalled: bool,
 }
 
-/// 200 when the database (and Redis, when configured) answer; 503 otherwise.
+/// 200 when the database (and Redis, when configured) answer and documents are not left
+/// waiting with no live worker; 503 otherwise.
 #[utoipa::path(
     get, path = "/health/db", tag = "operations", operation_id = "health_db",
     responses(
-        (status = 200, description = "The database (and Redis, when configured) answer.", body = HealthDbBody),
-        (status = 503, description = "Degraded: the database or Redis does not answer.", body = HealthDbBody),
+        (status = 200, description = "The database (and Redis, when configured) answer, and workers render what is queued.", body = HealthDbBody),
+        (status = 503, description = "Degraded: the database or Redis does not answer, or documents wait with no live worker.", body = HealthDbBody),
     )
 )]
 async fn health_db(State(state): State<AppState>) -> Response {
     let (database, redis) = tokio::join!(state.db.ping(), state.queue.ping());
-    let ok = database && redis.unwrap_or(true);
+    let pipeline = match database {
+        true => ops::pipeline(&state).await.ok(),
+        false => None,
+    };
+    let workers = pipeline.as_ref().and_then(|p| p.workers);
+    let stalled = pipeline.as_ref().is_some_and(|p| p.stalled);
+    let ok = database && redis.unwrap_or(true) && !stalled;
     let status = if ok {
         StatusCode::OK
     } else {
@@ -59,6 +103,8 @@ async fn health_db(State(state): State<AppState>) -> Response {
         status: if ok { "ok" } else { "degraded" },
         database,
         redis,
+        workers,
+        stalled,
     };
     (status, axum::Json(body)).into_response()
 }

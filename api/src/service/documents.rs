@@ -156,6 +156,7 @@ pub async fn submit(
     check_format(template.format, format)?;
     if state.queued_count().await? >= state.settings.queue.max_queued_documents {
         return Err(ApiError::unavailable(
+            "unavailable",
             "Too many documents are waiting to be rendered; try again shortly.",
             5,
         ));
@@ -323,8 +324,8 @@ struct Pending {
 }
 
 /// Inserts the document row and pushes its job; `None` when its `Idempotency-Key` is
-/// already taken. When the queue refuses the job, the row is removed again and the client
-/// told to retry.
+/// already taken. When the queue refuses the job, the row stays (accepted all the same)
+/// and the outbox relay enqueues it as soon as the queue answers.
 ///
 /// Runs in a task of its own: a client disconnecting mid-request cancels the handler, and
 /// must not leave a row that no job refers to.
@@ -369,13 +370,23 @@ async fn write_and_push(state: AppState, pending: Pending) -> ApiResult<Option<D
         document_id: doc.id,
         request_id: pending.request_id,
     };
-    if let Err(err) = state.queue.push(job).await {
-        tracing::error!(error = ?err, document_id = %doc.id, "cannot enqueue a document");
-        state.db.documents().delete(doc.id).await?;
-        return Err(ApiError::unavailable(
-            "The job queue is unavailable; try again shortly.",
-            5,
-        ));
+    // The row is the truth and the queue only a delivery: when the queue refuses the job
+    // (or is known to be down), the document is accepted all the same, and the outbox relay
+    // hands it to the queue once the queue answers again.
+    let pushed = match state.outbox.in_outage() {
+        true => false,
+        false => match state.queue.push(job).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), document_id = %doc.id, "the queue refused a job; it is kept for the outbox relay");
+                false
+            }
+        },
+    };
+    if !pushed {
+        state.db.documents().expire_lease(doc.id).await?;
+        state.metrics.deferred.inc();
+        state.outbox.defer();
     }
     Ok(Some(doc))
 }
@@ -437,7 +448,14 @@ pub async fn open(state: &AppState, doc: &Document) -> ApiResult<Opened> {
                 "The document's file is no longer available.",
             )
         } else {
-            ApiError::internal(err)
+            // An object store that does not answer is an outage, like a database that does
+            // not: the client may come back.
+            tracing::warn!(error = %err, document_id = %doc.id, "cannot read a document's object");
+            ApiError::unavailable(
+                "storage_unavailable",
+                "The document store is unavailable; try again shortly.",
+                5,
+            )
         }
     })?;
     if !doc.compress && !doc.encrypt {
@@ -740,6 +758,7 @@ async fn read_preview(state: &AppState, doc: &Document) -> ApiResult<Rendered> {
             doc.error.clone().unwrap_or_default(),
         )),
         DocumentStatus::Queued | DocumentStatus::Processing => Err(ApiError::unavailable(
+            "unavailable",
             "No worker rendered the preview in time; try again shortly.",
             5,
         )),

@@ -15,6 +15,8 @@
 //! - [`documents`]: asking for a document (template resolution, format check,
 //!   backpressure, insert and enqueue, idempotency), waiting for it, opening what a worker
 //!   stored, signed links, and template previews.
+//! - [`ops`]: the operators' view of workers and the queue, and whether the pipeline
+//!   is stalled.
 //! - [`policies`]: what a policy must be, and updates that a concurrent change cannot
 //!   slip past.
 //! - [`sessions`]: logging in (with the brute-force guard) and refreshing tokens.
@@ -24,6 +26,7 @@
 pub mod access;
 pub mod accounts;
 pub mod documents;
+pub mod ops;
 pub mod policies;
 pub mod sessions;
 pub mod templates;

@@ -15,6 +15,8 @@
 
 mod postgres;
 mod prometheus;
+pub mod proxy;
+mod redis;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +32,8 @@ use tokio::sync::oneshot;
 
 use postgres::TestDatabase;
 pub use prometheus::Metrics;
+pub use proxy::TcpProxy;
+pub use redis::PrivateRedis;
 
 pub const JWT_SECRET: &str = "integration-test-jwt-secret-0123456789abcdef";
 pub const SIGNATURE_KEYS: &str = r#"{"old":"old-link-secret","k1":"integration-test-link-secret"}"#;
@@ -222,10 +226,35 @@ pub async fn spawn_app(backend: Backend, overrides: &[(&str, &str)]) -> TestApp 
 /// Like [`spawn_app`]; without `worker`, documents stay queued until the test starts one
 /// with [`TestApp::start_worker`].
 pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker: bool) -> TestApp {
+    spawn(backend, overrides, worker, false).await.0
+}
+
+/// Like [`spawn_app_with`] on Postgres + Redis, with the API (and the worker it starts)
+/// reaching Postgres through a [`TcpProxy`] the test can cut: a database outage for this
+/// app alone.
+pub async fn spawn_app_behind_database_proxy(
+    overrides: &[(&str, &str)],
+    worker: bool,
+) -> (TestApp, TcpProxy) {
+    let (app, proxy) = spawn(Backend::PostgresRedis, overrides, worker, true).await;
+    (app, proxy.expect("a database proxy"))
+}
+
+async fn spawn(
+    backend: Backend,
+    overrides: &[(&str, &str)],
+    worker: bool,
+    database_proxy: bool,
+) -> (TestApp, Option<TcpProxy>) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut env = test_env(dir.path().to_str().unwrap());
     let mut s3 = None;
     let mut database = None;
+    let mut proxy = None;
+    assert!(
+        !database_proxy || backend == Backend::PostgresRedis,
+        "the database proxy stands before Postgres"
+    );
     if backend == Backend::PostgresRedis {
         let (child, endpoint) = spawn_s3(dir.path()).await;
         s3 = Some(child);
@@ -234,7 +263,16 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker
         env.insert("S3_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into());
         env.insert("S3_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into());
         let db = TestDatabase::create().await;
-        env.insert("DATABASE_URL".into(), db.url.clone());
+        let url = match database_proxy {
+            true => {
+                let started = TcpProxy::start(&proxy::authority(&db.url)).await;
+                let url = started.url_for(&db.url);
+                proxy = Some(started);
+                url
+            }
+            false => db.url.clone(),
+        };
+        env.insert("DATABASE_URL".into(), url);
         database = Some(db);
         env.insert("REDIS_URL".into(), redis_url());
         env.insert(
@@ -254,7 +292,7 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)], worker
         let child = app.start_worker(&[]);
         app.workers.lock().unwrap().push(child);
     }
-    app
+    (app, proxy)
 }
 
 /// Builds and serves the application configured by `env`.

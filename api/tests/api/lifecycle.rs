@@ -6,9 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    Backend, TestApp, error_code, free_port, spawn_app_with, tool, wait_for_port,
-};
+use crate::helpers::{Backend, PrivateRedis, TestApp, error_code, spawn_app_with};
 use crate::{for_each_backend, on_both_backends};
 
 on_both_backends!(
@@ -363,50 +361,6 @@ async fn a_queue_that_lost_its_jobs_loses_no_document(backend: Backend) {
             .contains("lease expired; enqueueing the document again")
     );
     app.stop().await;
-}
-
-/// A `redis-server` of the test's own.
-struct PrivateRedis {
-    url: String,
-    port: u16,
-    _server: tokio::process::Child,
-}
-
-impl PrivateRedis {
-    async fn start() -> PrivateRedis {
-        let port = free_port();
-        let server = tokio::process::Command::new(tool("redis-server"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server starts");
-        wait_for_port(port).await;
-        PrivateRedis {
-            url: format!("redis://127.0.0.1:{port}"),
-            port,
-            _server: server,
-        }
-    }
-
-    async fn flushall(&self) {
-        let out = tokio::process::Command::new(tool("redis-cli"))
-            .args(["-p", &self.port.to_string(), "FLUSHALL"])
-            .output()
-            .await
-            .unwrap();
-        assert!(out.status.success());
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
-    }
 }
 
 /// Deletes every job from the embedded queue file (apalis-sqlite's `Jobs` table), as a

@@ -22,12 +22,22 @@ async fn health_reports_each_dependency(app: &TestApp) {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], "ok");
     assert_eq!(body["database"], true);
+    assert_eq!(body["stalled"], false);
     match app.backend {
-        Backend::Sqlite => assert!(
-            body["redis"].is_null(),
-            "no Redis in the embedded mode: {body}"
-        ),
-        Backend::PostgresRedis => assert_eq!(body["redis"], true),
+        Backend::Sqlite => {
+            assert!(
+                body["redis"].is_null(),
+                "no Redis in the embedded mode: {body}"
+            );
+            assert!(
+                body["workers"].is_null(),
+                "the embedded worker runs in the API's process: {body}"
+            );
+        }
+        Backend::PostgresRedis => {
+            assert_eq!(body["redis"], true);
+            assert!(body["workers"].as_i64().is_some(), "{body}");
+        }
     }
 }
 

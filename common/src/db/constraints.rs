@@ -262,7 +262,7 @@ mod tests {
             DbError::Conflict(_) => Some(ConstraintKind::Unique),
             DbError::ForeignKey(_) => Some(ConstraintKind::ForeignKey),
             DbError::Check(_) => Some(ConstraintKind::Check),
-            DbError::UnstorableText(_) | DbError::Other(_) => None,
+            DbError::UnstorableText(_) | DbError::Unavailable(_) | DbError::Other(_) => None,
         }
     }
 

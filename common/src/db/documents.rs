@@ -56,6 +56,16 @@ pub struct DocumentFilter {
     pub policy_id: Option<Uuid>,
 }
 
+/// Documents waiting and running (previews left out).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueState {
+    pub queued: i64,
+    /// When the oldest queued document was asked for.
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+    /// Documents a worker is rendering.
+    pub in_flight: i64,
+}
+
 /// How a finished attempt ended.
 pub enum Outcome<'a> {
     Ready {
@@ -228,6 +238,35 @@ impl Documents<'_> {
         .db()
     }
 
+    /// Ends the lease of a queued document whose job the queue did not take, so the next
+    /// reconciler round (the API's relay, any worker's timer) enqueues it. False when the
+    /// document is no longer queued.
+    pub async fn expire_lease(&self, id: Uuid) -> DbResult<bool> {
+        on_db!(self.0, pool => sqlx::query(
+            "UPDATE generated_documents SET lease_until = $2 WHERE id = $1 AND status = 'queued'",
+        )
+        .bind(id)
+        .bind(crate::now())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))
+        .db()
+    }
+
+    /// Ends the lease of every queued document: the queue lost its jobs (a Redis restarted
+    /// empty), so each is to be enqueued again now rather than when its lease runs out.
+    /// Returns how many.
+    pub async fn expire_queued_leases(&self) -> DbResult<u64> {
+        on_db!(self.0, pool => sqlx::query(
+            "UPDATE generated_documents SET lease_until = $1 WHERE status = 'queued' AND lease_until > $1",
+        )
+        .bind(crate::now())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .db()
+    }
+
     /// The document a previous request with this `Idempotency-Key` created since `since`.
     /// An older use of the key is released, so the key can be used again.
     pub async fn find_idempotent(
@@ -394,6 +433,91 @@ impl Documents<'_> {
             .map(|r| r.rows_affected()))
         .db()
         .map(|n| n == 1)
+    }
+
+    /// What the operators' queue view shows: documents queued (and the oldest one's
+    /// request time) and in flight. Previews are left out.
+    pub async fn queue_state(&self) -> DbResult<QueueState> {
+        on_db!(self.0, pool => {
+            let queued: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM generated_documents WHERE status = 'queued' AND preview = FALSE",
+            )
+            .fetch_one(pool)
+            .await
+            .db()?;
+            let oldest_queued_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "SELECT created_at FROM generated_documents WHERE status = 'queued' AND preview = FALSE \
+                 ORDER BY created_at LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await
+            .db()?;
+            let in_flight: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM generated_documents WHERE status = 'processing' AND preview = FALSE",
+            )
+            .fetch_one(pool)
+            .await
+            .db()?;
+            Ok(QueueState { queued, oldest_queued_at, in_flight })
+        })
+    }
+
+    /// Documents finished since `since`, by minute (`YYYY-MM-DD HH:MM`, UTC) and status
+    /// (`ready` or `failed`). Previews are left out.
+    pub async fn finished_by_minute(
+        &self,
+        since: DateTime<Utc>,
+    ) -> DbResult<Vec<(String, String, i64)>> {
+        // The same buckets on both engines: Postgres formats the minute, SQLite keeps
+        // timestamps as RFC 3339 text whose first 16 characters are the minute.
+        macro_rules! by_minute {
+            ($minute:literal) => {
+                concat!(
+                    "SELECT ", $minute, " AS minute, status, COUNT(*) FROM generated_documents \
+                     WHERE finished_at >= $1 AND status IN ('ready', 'failed') AND preview = FALSE \
+                     GROUP BY 1, 2"
+                )
+            };
+        }
+        let sql = match self.0.pool() {
+            super::Pool::Postgres(_) => {
+                by_minute!("to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')")
+            }
+            super::Pool::Sqlite(_) => by_minute!("replace(substr(finished_at, 1, 16), 'T', ' ')"),
+        };
+        on_db!(self.0, pool => sqlx::query_as(sql)
+            .bind(since)
+            .fetch_all(pool)
+            .await)
+        .db()
+    }
+
+    /// How many documents failed since `since`, and the latest `limit` of them.
+    pub async fn failed_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> DbResult<(i64, Vec<Document>)> {
+        on_db!(self.0, pool => {
+            let count: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM generated_documents WHERE status = 'failed' AND finished_at >= $1 AND preview = FALSE",
+            )
+            .bind(since)
+            .fetch_one(pool)
+            .await
+            .db()?;
+            let latest = sqlx::query_as::<_, Document>(concat!(
+                "SELECT ", columns!(), " FROM generated_documents \
+                 WHERE status = 'failed' AND finished_at >= $1 AND preview = FALSE \
+                 ORDER BY finished_at DESC, id DESC LIMIT $2"
+            ))
+            .bind(since)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .db()?;
+            Ok((count, latest))
+        })
     }
 
     /// How many documents wait in `queued`.

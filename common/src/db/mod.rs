@@ -25,6 +25,7 @@ pub mod sessions;
 mod sqlite_tuning;
 pub mod templates;
 pub mod users;
+pub mod workers;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -92,6 +93,11 @@ pub enum DbError {
     /// server's.
     #[error("a text value has a character the database cannot store")]
     UnstorableText(#[source] sqlx::Error),
+    /// The database cannot be reached right now: no connection within the acquire timeout,
+    /// a refused or broken connection, a server shutting down or out of connections, or
+    /// SQLite busy past its timeout. Nobody's fault but the outage's; worth retrying.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
     #[error(transparent)]
     Other(sqlx::Error),
 }
@@ -121,7 +127,7 @@ impl DbError {
     pub fn constraint(&self) -> Option<Constraint> {
         match self {
             DbError::Conflict(v) | DbError::ForeignKey(v) | DbError::Check(v) => v.constraint,
-            DbError::UnstorableText(_) | DbError::Other(_) => None,
+            DbError::UnstorableText(_) | DbError::Unavailable(_) | DbError::Other(_) => None,
         }
     }
 
@@ -131,8 +137,58 @@ impl DbError {
     }
 }
 
+/// Postgres' SQLSTATEs that mean "not now" rather than "not this": the server shutting
+/// down (`admin_shutdown`, `crash_shutdown`, `cannot_connect_now`) or out of connections
+/// (`too_many_connections`); the whole class 08 (connection exceptions) counts too.
+const UNAVAILABLE_CODES: [&str; 4] = ["57P01", "57P02", "57P03", "53300"];
+
+/// SQLite's primary result codes for a database another connection holds: `SQLITE_BUSY`
+/// and `SQLITE_LOCKED`, after the busy timeout has run out. sqlx reports extended codes,
+/// whose low byte is the primary one.
+const SQLITE_BUSY_CODES: [i32; 2] = [5, 6];
+
+/// Whether `err` says the database cannot be reached (or used) right now, as opposed to a
+/// refusal of this statement.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db_err) => {
+            let code = db_err.code();
+            let code = code.as_deref().unwrap_or("");
+            let is_postgres = db_err
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some();
+            if is_postgres {
+                code.starts_with("08") || UNAVAILABLE_CODES.contains(&code)
+            } else {
+                code.parse::<i32>()
+                    .is_ok_and(|extended| SQLITE_BUSY_CODES.contains(&(extended & 0xff)))
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether an error chain comes from a database that cannot be reached right now.
+pub fn is_outage(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(cause.downcast_ref(), Some(DbError::Unavailable(_)))
+            || cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(is_unavailable)
+    })
+}
+
 impl From<sqlx::Error> for DbError {
     fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            return DbError::Unavailable(err);
+        }
         let sqlx::Error::Database(db_err) = &err else {
             return DbError::Other(err);
         };
@@ -244,6 +300,7 @@ impl Db {
             sqlite_tuning::configure_process();
             let pool = SqlitePoolOptions::new()
                 .max_connections(settings.database.max_connections)
+                .acquire_timeout(settings.database.acquire_timeout)
                 .after_connect(|conn, _meta| Box::pin(sqlite_tuning::stable_plans(conn)))
                 .test_before_acquire(false)
                 .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
@@ -260,7 +317,7 @@ impl Db {
                 .log_slow_statements(log::LevelFilter::Warn, slow);
             let pool = PgPoolOptions::new()
                 .max_connections(settings.database.max_connections)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(settings.database.acquire_timeout)
                 .test_before_acquire(false)
                 .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
                 .connect_with(options)
@@ -271,6 +328,29 @@ impl Db {
             Ok(Db::new(Pool::Postgres(pool), settings, false))
         } else {
             anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite://")
+        }
+    }
+
+    /// Connects and migrates, as a long-running process starts: while the database does
+    /// not answer (an outage, a server still starting), waits and tries again, from 200 ms
+    /// up to every 5 s, saying so in the log; any other failure (a wrong URL or password, a
+    /// failed migration) is returned at once.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Db> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let opened = match Db::connect(settings).await {
+                Ok(db) => db.migrate().await.map(|()| db),
+                Err(err) => Err(err),
+            };
+            match opened {
+                Ok(db) => return Ok(db),
+                Err(err) if is_outage(&err) => {
+                    tracing::warn!(error = %format!("{err:#}"), retry_ms = delay.as_millis() as u64, "the database does not answer yet; waiting for it");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(err),
+            }
         }
     }
 
@@ -389,6 +469,9 @@ impl Db {
     }
     pub fn audit(&self) -> audit::Audit<'_> {
         audit::Audit(self)
+    }
+    pub fn workers(&self) -> workers::Workers<'_> {
+        workers::Workers(self)
     }
 
     /// Closes every connection (lets SQLite checkpoint its WAL on shutdown).
