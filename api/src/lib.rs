@@ -126,6 +126,13 @@ impl Application {
         let redis = common::queue::connect_redis(&settings).await?;
         let queue = JobQueue::connect(&settings, redis.clone()).await?;
         let storage = Storage::open(&settings)?;
+        let outbox = Arc::new(common::maintenance::Outbox::default());
+        // A queue that lost what it held while no process watched (a Redis restarted
+        // empty with this deployment down): its documents go to the outbox relay now.
+        // On a fresh queue this only sets the marker the reconcilers watch.
+        if queue.lost_its_jobs().await? && db.documents().expire_queued_leases().await? > 0 {
+            outbox.defer();
+        }
         let limiter = match redis {
             Some(conn) => common::limits::Limiter::with_redis(conn, &settings.queue.name),
             None => common::limits::Limiter::in_memory(),
@@ -147,7 +154,7 @@ impl Application {
             security_headers: middleware::security_header_list(&settings)?,
             request_id_header,
             queued: tokio::sync::Mutex::new(None),
-            outbox: Arc::default(),
+            outbox,
             embedded_worker,
             limiter,
             settings,

@@ -86,6 +86,7 @@ text_enum! {
         Processing => "processing",
         Ready => "ready",
         Failed => "failed",
+        Cancelled => "cancelled",
     }
 }
 

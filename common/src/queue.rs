@@ -38,9 +38,11 @@ pub struct RenderJob {
 pub const QUEUE_HEARTBEAT: Duration = Duration::from_secs(5);
 pub const QUEUE_MISSED_HEARTBEATS: usize = 3;
 
-/// How long a push may take before the queue counts as unavailable: a producer must not
-/// hang on a queue that stalls (the row is kept and pushed later, see [`JobQueue::push`]).
-const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a push to Redis may take before Redis counts as unavailable: a producer must
+/// not hang on a server that stalls (the row is kept and pushed later by the outbox
+/// relay). The embedded SQLite queue has no such bound: a slow insert there is contention
+/// on this machine, and waiting for it is the backpressure.
+const REDIS_PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connection to `REDIS_URL`, when it is set: one connection manager (it reconnects
 /// by itself) shared by the queue and the rate limiter.
@@ -149,8 +151,8 @@ impl JobQueue {
         self.push_after(job, Duration::ZERO).await
     }
 
-    /// Enqueues a render job to run no sooner than `delay` from now (retry backoff). Fails
-    /// after [`PUSH_TIMEOUT`] when the queue does not answer.
+    /// Enqueues a render job to run no sooner than `delay` from now (retry backoff). On
+    /// Redis, fails after [`REDIS_PUSH_TIMEOUT`] when Redis does not answer.
     pub async fn push_after(&self, job: RenderJob, delay: Duration) -> anyhow::Result<TaskId> {
         let id = TaskId::from_ulid(ulid::Ulid::generate());
         let mut builder = TaskBuilder::new(job).task_id(id.clone());
@@ -158,28 +160,22 @@ impl JobQueue {
             builder = builder.run_at_timestamp(unix_seconds_after(delay));
         }
         let task = builder.build();
-        let push = async {
-            match &self.backend {
-                Consumer::Sqlite(queue) => SqliteStorage::<RenderJob>::new(&queue.pool)
-                    .with_config(queue.config.clone())
-                    .push_task(task)
+        match &self.backend {
+            Consumer::Sqlite(queue) => SqliteStorage::<RenderJob>::new(&queue.pool)
+                .with_config(queue.config.clone())
+                .push_task(task)
+                .await
+                .context("cannot enqueue the job")?,
+            Consumer::Redis(queue) => {
+                let mut storage = (*queue.storage).clone();
+                tokio::time::timeout(REDIS_PUSH_TIMEOUT, storage.push_task(task))
                     .await
-                    .context("cannot enqueue the job"),
-                Consumer::Redis(queue) => queue
-                    .storage
-                    .clone()
-                    .push_task(task)
-                    .await
-                    .context("cannot enqueue the job"),
+                    .map_err(|_| {
+                        anyhow::anyhow!("Redis did not answer within {REDIS_PUSH_TIMEOUT:?}")
+                    })?
+                    .context("cannot enqueue the job")?
             }
-        };
-        tokio::time::timeout(PUSH_TIMEOUT, push)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "cannot enqueue the job: the queue did not answer within {PUSH_TIMEOUT:?}"
-                )
-            })??;
+        }
         Ok(id)
     }
 

@@ -38,6 +38,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(generate))
         .routes(routes!(purge_orphans))
         .routes(routes!(read, remove))
+        .routes(routes!(cancel))
+        .routes(routes!(retry))
         .routes(routes!(signed_url))
         .routes(routes!(download))
 }
@@ -129,7 +131,7 @@ async fn answer(
     }
     let status = match doc.status {
         DocumentStatus::Ready if wait.is_some() => StatusCode::CREATED,
-        DocumentStatus::Failed if wait.is_some() => StatusCode::OK,
+        DocumentStatus::Failed | DocumentStatus::Cancelled if wait.is_some() => StatusCode::OK,
         _ => pending_status,
     };
     let location = format!("/api/v1/documents/{}", doc.id);
@@ -265,6 +267,43 @@ async fn remove(
 ) -> ApiResult<StatusCode> {
     documents::delete(&state, &meta, &user, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    post, path = "/{id}/cancel", tag = "documents", operation_id = "cancel_document",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The document id.")),
+    responses(
+        (status = 200, description = "The document, now `cancelled`: its job will do nothing.", body = Document),
+        (status = 409, description = "`not_cancellable`: being rendered (it will finish) or finished already.", body = ErrorBody),
+    )
+)]
+async fn cancel(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Document>> {
+    Ok(Json(documents::cancel(&state, &meta, &user, id).await?))
+}
+
+#[utoipa::path(
+    post, path = "/{id}/retry", tag = "documents", operation_id = "retry_document",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The document id.")),
+    responses(
+        (status = 202, description = "The document, `queued` again: same id and object key, attempts reset, error cleared.", body = Document, headers(("Location" = String))),
+        (status = 409, description = "`not_retryable`: only a failed or cancelled document can be retried.", body = ErrorBody),
+    )
+)]
+async fn retry(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Response> {
+    let doc = documents::retry(&state, &meta, &user, id).await?;
+    answer(&state, doc, StatusCode::ACCEPTED, None).await
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -366,13 +366,18 @@ async fn write_and_push(state: AppState, pending: Pending) -> ApiResult<Option<D
         }
         Err(err) => return Err(err.into()),
     };
+    enqueue(&state, &doc).await?;
+    Ok(Some(doc))
+}
+
+/// Hands a queued document's job to the queue. The row is the truth and the queue only a
+/// delivery: when the queue refuses the job (or is known to be down), the document stays
+/// accepted, and the outbox relay hands it to the queue once the queue answers again.
+async fn enqueue(state: &AppState, doc: &Document) -> ApiResult<()> {
     let job = RenderJob {
         document_id: doc.id,
-        request_id: pending.request_id,
+        request_id: doc.request_id.clone(),
     };
-    // The row is the truth and the queue only a delivery: when the queue refuses the job
-    // (or is known to be down), the document is accepted all the same, and the outbox relay
-    // hands it to the queue once the queue answers again.
     let pushed = match state.outbox.in_outage() {
         true => false,
         false => match state.queue.push(job).await {
@@ -388,7 +393,82 @@ async fn write_and_push(state: AppState, pending: Pending) -> ApiResult<Option<D
         state.metrics.deferred.inc();
         state.outbox.defer();
     }
-    Ok(Some(doc))
+    Ok(())
+}
+
+/// Cancels a queued document the caller may see: it becomes `cancelled` at once, and its
+/// job, when delivered, finds nothing to do. A document being rendered finishes (409
+/// `not_cancellable`), and so does any finished one.
+pub async fn cancel(
+    state: &AppState,
+    meta: &RequestMeta,
+    caller: &AuthUser,
+    id: Uuid,
+) -> ApiResult<Document> {
+    let seen = Scope::of(caller).document(&state.db, id).await?;
+    let Some(doc) = state.db.documents().cancel(id).await? else {
+        let status = current_status(state, &seen).await?;
+        let detail = match status {
+            DocumentStatus::Processing => {
+                "The document is being rendered and will finish; it cannot be cancelled.".to_owned()
+            }
+            other => format!("The document is {other}; only a queued document can be cancelled."),
+        };
+        return Err(ApiError::conflict("not_cancellable", detail));
+    };
+    state
+        .metrics
+        .document_finished(doc.output_format.as_str(), "cancelled");
+    audit(
+        state,
+        meta,
+        caller.id(),
+        "document_cancelled",
+        &doc,
+        serde_json::json!({}),
+    )
+    .await;
+    Ok(doc)
+}
+
+/// Puts a `failed` or `cancelled` document the caller may see back in the queue, as new:
+/// same id and object key, attempts reset, error cleared. Anything else is 409
+/// `not_retryable`.
+pub async fn retry(
+    state: &AppState,
+    meta: &RequestMeta,
+    caller: &AuthUser,
+    id: Uuid,
+) -> ApiResult<Document> {
+    let seen = Scope::of(caller).document(&state.db, id).await?;
+    let lease = common::now() + state.settings.queue.queued_lease;
+    let Some(doc) = state.db.documents().resubmit(id, lease).await? else {
+        let status = current_status(state, &seen).await?;
+        return Err(ApiError::conflict(
+            "not_retryable",
+            format!(
+                "The document is {status}; only a failed or cancelled document can be retried."
+            ),
+        ));
+    };
+    enqueue(state, &doc).await?;
+    state
+        .metrics
+        .document_finished(doc.output_format.as_str(), "resubmitted");
+    let metadata = serde_json::json!({"previous_status": seen.status});
+    audit(state, meta, caller.id(), "document_retried", &doc, metadata).await;
+    Ok(doc)
+}
+
+/// A document's status now (it may have moved since `seen` was read); 404 if it is gone.
+async fn current_status(state: &AppState, seen: &Document) -> ApiResult<DocumentStatus> {
+    state
+        .db
+        .documents()
+        .get(seen.id)
+        .await?
+        .map(|doc| doc.status)
+        .ok_or_else(|| ApiError::not_found("Document not found."))
 }
 
 /// Polls the row until the document is finished or `limit` has passed. The worker may be
@@ -501,6 +581,10 @@ fn ensure_ready(doc: &Document) -> ApiResult<()> {
         DocumentStatus::Failed => Err(ApiError::conflict(
             "document_failed",
             "The document failed; it has no file.",
+        )),
+        DocumentStatus::Cancelled => Err(ApiError::conflict(
+            "document_cancelled",
+            "The document was cancelled; it has no file.",
         )),
         _ => Err(ApiError::conflict(
             "document_not_ready",
@@ -753,7 +837,8 @@ async fn read_preview(state: &AppState, doc: &Document) -> ApiResult<Rendered> {
                 bytes: Bytes::from(chunks.concat()),
             })
         }
-        DocumentStatus::Failed => Err(ApiError::invalid(
+        // Previews cannot be cancelled: `cancelled` is here for completeness.
+        DocumentStatus::Failed | DocumentStatus::Cancelled => Err(ApiError::invalid(
             "content",
             doc.error.clone().unwrap_or_default(),
         )),

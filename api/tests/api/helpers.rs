@@ -595,7 +595,7 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
-    /// Polls a document's status, as clients do, until it is ready or failed.
+    /// Polls a document's status, as clients do, until it is ready, failed or cancelled.
     pub async fn wait_for_document(&self, token: &str, id: &str) -> Value {
         self.wait_for_document_within(token, id, Duration::from_secs(30))
             .await
@@ -612,7 +612,7 @@ impl TestApp {
                 .await
                 .unwrap();
             match doc["status"].as_str() {
-                Some("ready") | Some("failed") => return doc,
+                Some("ready") | Some("failed") | Some("cancelled") => return doc,
                 Some("queued") | Some("processing") => {}
                 other => panic!("unexpected status {other:?}: {doc}"),
             }

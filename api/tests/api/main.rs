@@ -6,6 +6,7 @@ mod helpers;
 mod audit;
 mod auth;
 mod business;
+mod cancel_retry;
 mod cli;
 mod documents;
 mod formats;

@@ -238,6 +238,45 @@ impl Documents<'_> {
         .db()
     }
 
+    /// Cancels a document that waits in `queued`: its job, if delivered later, finds
+    /// nothing to claim. `None` when the document is not queued (any more).
+    pub async fn cancel(&self, id: Uuid) -> DbResult<Option<Document>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
+            "UPDATE generated_documents SET status = 'cancelled', lease_until = NULL, \
+             finished_at = $2, updated_at = $2 \
+             WHERE id = $1 AND status = 'queued' AND preview = FALSE RETURNING ",
+            columns!()
+        ))
+        .bind(id)
+        .bind(crate::now())
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// Puts a `failed` or `cancelled` document back in `queued`, as new: attempts reset,
+    /// error and results cleared, a fresh lease until `lease_until`. Same id, so the same
+    /// object key. `None` when the document is in any other status.
+    pub async fn resubmit(
+        &self,
+        id: Uuid,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<Option<Document>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
+            "UPDATE generated_documents SET status = 'queued', attempts = 0, error = NULL, \
+             storage_key = NULL, size_bytes = NULL, stored_bytes = NULL, checksum = NULL, timings = NULL, \
+             started_at = NULL, finished_at = NULL, lease_until = $3, updated_at = $2 \
+             WHERE id = $1 AND status IN ('failed', 'cancelled') AND preview = FALSE RETURNING ",
+            columns!()
+        ))
+        .bind(id)
+        .bind(crate::now())
+        .bind(lease_until)
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
     /// Ends the lease of a queued document whose job the queue did not take, so the next
     /// reconciler round (the API's relay, any worker's timer) enqueues it. False when the
     /// document is no longer queued.
@@ -351,7 +390,7 @@ impl Documents<'_> {
     ) -> DbResult<Vec<(Uuid, Option<String>)>> {
         on_db!(self.0, pool => sqlx::query_as(
             "SELECT id, storage_key FROM generated_documents \
-             WHERE created_at < $1 AND status IN ('ready', 'failed') ORDER BY created_at LIMIT $2",
+             WHERE created_at < $1 AND status IN ('ready', 'failed', 'cancelled') ORDER BY created_at LIMIT $2",
         )
         .bind(before)
         .bind(limit)
