@@ -45,17 +45,45 @@ pub struct Deps {
 }
 
 /// A worker's counts and the liveness of its queue consumer, as its heartbeats report them.
-#[derive(Default)]
 pub struct Activity {
+    /// When this worker was set up.
+    started: Instant,
     in_flight: AtomicI32,
     processed: AtomicI64,
     failed: AtomicI64,
     /// When the queue consumer last heartbeated (apalis' own heartbeat against the queue),
-    /// in milliseconds since this worker started; see [`consumer_alive`].
+    /// in milliseconds after `started`.
     consumer_beat_ms: AtomicU64,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicI32::new(0),
+            processed: AtomicI64::new(0),
+            failed: AtomicI64::new(0),
+            consumer_beat_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The queue consumer heartbeated just now.
+    fn consumer_beat(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.consumer_beat_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether the queue consumer heartbeated recently: apalis heartbeats every
+    /// [`QUEUE_HEARTBEAT`]; a consumer silent for three of those has stopped (a Redis call
+    /// that never returned can leave it so), and this worker must not report itself live.
+    /// Jobs in flight count as life too: a consumer whose every slot is busy may not poll
+    /// its queue, and each job has its own timeout.
+    pub fn consumer_alive(&self) -> bool {
+        let last = Duration::from_millis(self.consumer_beat_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last) <= QUEUE_HEARTBEAT * 3
+            || self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
     fn counts(&self) -> WorkerCounts {
         WorkerCounts {
             in_flight: self.in_flight.load(Ordering::Relaxed),
@@ -97,7 +125,7 @@ impl Deps {
             storage,
             metrics,
             queue,
-            activity: Activity::default(),
+            activity: Activity::new(),
         }
     }
 
@@ -196,19 +224,14 @@ pub async fn run(
         .context("cannot register the worker")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let started = Instant::now();
-    let periodic = tokio::spawn(periodic_tasks(deps.clone(), id, started, stop_rx));
+    let periodic = tokio::spawn(periodic_tasks(deps.clone(), id, stop_rx));
 
     let beats = deps.clone();
     let monitor = Monitor::new()
         .shutdown_timeout(settings.worker.drain_timeout)
         .on_event(move |_ctx, event| {
             if matches!(event, Event::Start | Event::HeartBeat) {
-                let now = started.elapsed().as_millis() as u64;
-                beats
-                    .activity
-                    .consumer_beat_ms
-                    .store(now, Ordering::Relaxed);
+                beats.activity.consumer_beat();
             }
         });
     // One apalis worker over the queue's backend; the monitor calls the factory again on
@@ -259,17 +282,9 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".to_owned())
 }
 
-/// Whether the queue consumer heartbeated recently: apalis heartbeats every
-/// [`QUEUE_HEARTBEAT`]; a consumer silent for three of those has stopped (a Redis call
-/// that never returned can leave it so), and this worker must not report itself live.
-fn consumer_alive(activity: &Activity, started: Instant) -> bool {
-    let last = Duration::from_millis(activity.consumer_beat_ms.load(Ordering::Relaxed));
-    started.elapsed().saturating_sub(last) <= QUEUE_HEARTBEAT * 3
-}
-
 /// Records a heartbeat while the queue consumer is alive; says so once when it is not.
-async fn heartbeat(deps: &Deps, id: uuid::Uuid, started: Instant, silent: &mut bool) {
-    if !consumer_alive(&deps.activity, started) {
+async fn heartbeat(deps: &Deps, id: uuid::Uuid, silent: &mut bool) {
+    if !deps.activity.consumer_alive() {
         if !*silent {
             error!("the queue consumer stopped heartbeating; this worker now shows as stale");
             *silent = true;
@@ -292,12 +307,7 @@ async fn heartbeat(deps: &Deps, id: uuid::Uuid, started: Instant, silent: &mut b
 /// The reconciler every `RECONCILE_INTERVAL_MS`, and orphan purge, the preview sweep and
 /// retention every
 /// `MAINTENANCE_INTERVAL_SECONDS`, until `stop`.
-async fn periodic_tasks(
-    deps: Arc<Deps>,
-    id: uuid::Uuid,
-    started: Instant,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn periodic_tasks(deps: Arc<Deps>, id: uuid::Uuid, mut stop: watch::Receiver<bool>) {
     let mut beat = tokio::time::interval(deps.settings.worker.heartbeat_interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut silent = false;
@@ -311,7 +321,7 @@ async fn periodic_tasks(
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = beat.tick() => heartbeat(&deps, id, started, &mut silent).await,
+            _ = beat.tick() => heartbeat(&deps, id, &mut silent).await,
             _ = reconcile.tick() => {
                 match maintenance::reconcile(&deps.db, &deps.queue, deps.settings.queue.queued_lease).await {
                     Ok(0) => {}
@@ -352,5 +362,34 @@ async fn periodic_tasks(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that started a minute ago, whose consumer last heartbeated `beat_s`
+    /// seconds after the start, with `in_flight` jobs running.
+    fn alive(beat_s: u64, in_flight: i32) -> bool {
+        let mut activity = Activity::new();
+        activity.started = Instant::now() - Duration::from_secs(60);
+        activity
+            .consumer_beat_ms
+            .store(beat_s * 1000, Ordering::Relaxed);
+        activity.in_flight.store(in_flight, Ordering::Relaxed);
+        activity.consumer_alive()
+    }
+
+    #[test]
+    fn a_consumer_silent_for_three_heartbeats_is_not_alive() {
+        assert!(alive(50, 0), "heard 10 s ago");
+        assert!(!alive(40, 0), "silent for 20 s");
+        assert!(!alive(0, 0), "never heard");
+    }
+
+    #[test]
+    fn jobs_in_flight_keep_a_busy_consumer_alive() {
+        assert!(alive(0, 1));
     }
 }

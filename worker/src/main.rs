@@ -50,10 +50,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 200 when the database (and Redis, when used) answer, 503 otherwise.
+/// 200 when the database (and Redis, when used) answer and the queue consumer heartbeats
+/// (or runs jobs), 503 otherwise: an orchestrator's health check restarts a worker whose
+/// consumer stopped.
 async fn health(State(deps): State<Arc<Deps>>) -> (StatusCode, axum::Json<serde_json::Value>) {
     let (database, redis) = tokio::join!(deps.db.ping(), deps.queue.ping());
-    let ok = database && redis.unwrap_or(true);
+    let consumer = deps.activity.consumer_alive();
+    let ok = database && redis.unwrap_or(true) && consumer;
     let status = if ok {
         StatusCode::OK
     } else {
@@ -63,6 +66,7 @@ async fn health(State(deps): State<Arc<Deps>>) -> (StatusCode, axum::Json<serde_
         "status": if ok { "ok" } else { "degraded" },
         "database": database,
         "redis": redis,
+        "consumer": consumer,
     });
     (status, axum::Json(body))
 }

@@ -53,16 +53,7 @@ async fn a_cancelled_document_is_never_rendered(backend: Backend) {
         .register_and_login("agent@example.com")
         .await
         .access_token;
-    let mut ids = Vec::new();
-    for n in 0..2 {
-        let doc = app
-            .generate(
-                &agent,
-                &json!({"document_type": "quote", "inline_context": {"n": n}}),
-            )
-            .await;
-        ids.push(doc["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app.generate_quotes(&agent, 2).await;
 
     // The owner cancels one; an admin (as a manager could) cancels the other.
     for (id, token) in ids.iter().zip([&agent, &admin]) {

@@ -595,6 +595,51 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// `GET /api/v1/ops/{what}` as `token` (a manager or an admin).
+    pub async fn ops(&self, token: &str, what: &str) -> Value {
+        let res = self.get(&format!("/api/v1/ops/{what}"), Some(token)).await;
+        assert_eq!(res.status(), StatusCode::OK, "GET /api/v1/ops/{what}");
+        res.json().await.unwrap()
+    }
+
+    /// Asks `/api/v1/ops/{what}` until `check` holds (a heartbeat or a drain takes its
+    /// time), within 30 s.
+    pub async fn until_ops(
+        &self,
+        token: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = self.ops(token, what).await;
+            if check(&view) {
+                return view;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never held: {view:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asks for `count` quotes (`inline_context` `{"n": 0}`, `{"n": 1}`…), each answered
+    /// 202, and returns their ids in order.
+    pub async fn generate_quotes(&self, token: &str, count: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(count);
+        for n in 0..count {
+            let doc = self
+                .generate(
+                    token,
+                    &json!({"document_type": "quote", "inline_context": {"n": n}}),
+                )
+                .await;
+            ids.push(doc["id"].as_str().unwrap().to_owned());
+        }
+        ids
+    }
+
     /// Polls a document's status, as clients do, until it is ready, failed or cancelled.
     pub async fn wait_for_document(&self, token: &str, id: &str) -> Value {
         self.wait_for_document_within(token, id, Duration::from_secs(30))

@@ -330,16 +330,7 @@ async fn a_queue_that_lost_its_jobs_loses_no_document(backend: Backend) {
         .register_and_login("agent@example.com")
         .await
         .access_token;
-    let mut ids = Vec::new();
-    for n in 0..5 {
-        let doc = app
-            .generate(
-                &agent,
-                &json!({"document_type": "quote", "inline_context": {"n": n}}),
-            )
-            .await;
-        ids.push(doc["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app.generate_quotes(&agent, 5).await;
     match &redis {
         Some(redis) => redis.flushall().await,
         None => assert_eq!(

@@ -194,16 +194,7 @@ async fn queue_depth_is_the_number_of_documents_waiting(backend: Backend) {
         .register_and_login("agent@example.com")
         .await
         .access_token;
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        let doc = app
-            .generate(
-                &agent,
-                &json!({"document_type": "quote", "inline_context": {"n": n}}),
-            )
-            .await;
-        ids.push(doc["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app.generate_quotes(&agent, 3).await;
     assert_eq!(app.metrics().await.value("queue_depth", &[]), 3.0);
 
     let _worker = app.start_worker(&[]);
@@ -282,7 +273,7 @@ async fn the_worker_serves_its_own_health_and_metrics() {
         .unwrap();
     assert_eq!(
         health,
-        json!({"status": "ok", "database": true, "redis": true})
+        json!({"status": "ok", "database": true, "redis": true, "consumer": true})
     );
 
     // The one job slot busy with a slow document, two more wait: the worker's gauge,

@@ -64,20 +64,10 @@ async fn a_database_outage_answers_503_then_recovers() {
     let client: Value = res.json().await.unwrap();
     // The worker runs before the cut: it must ride the outage out, not start after it.
     let admin = app.admin().await.access_token;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let workers: Value = app
-            .get("/api/v1/ops/workers", Some(&admin))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if !workers["live"].as_array().unwrap().is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the worker never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.until_ops(&admin, "workers", |v| {
+        v["live"].as_array().unwrap().len() == 1
+    })
+    .await;
     let probes = [
         Probe {
             name: "list",
@@ -189,16 +179,7 @@ async fn a_worker_waits_out_a_database_outage() {
         .await;
 
     worker_proxy.cut();
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        let doc = app
-            .generate(
-                &agent,
-                &json!({"document_type": "quote", "inline_context": {"n": n}}),
-            )
-            .await;
-        ids.push(doc["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app.generate_quotes(&agent, 3).await;
     // A worker started during the outage waits for the database instead of exiting.
     let _late = app.start_worker(&[
         ("DATABASE_URL", worker_url.as_str()),
@@ -229,24 +210,12 @@ async fn a_worker_waits_out_a_database_outage() {
         "ready {:?} after the database came back",
         restored.elapsed()
     );
+    // The late worker started once the database answered.
     let admin = app.admin().await.access_token;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let workers: Value = app
-            .get("/api/v1/ops/workers", Some(&admin))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if workers["live"].as_array().unwrap().len() == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the late worker never started: {workers}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.until_ops(&admin, "workers", |v| {
+        v["live"].as_array().unwrap().len() == 2
+    })
+    .await;
     app.stop().await;
 }
 
@@ -334,16 +303,7 @@ async fn a_flushed_queue_is_noticed_within_seconds() {
         .register_and_login("agent@example.com")
         .await
         .access_token;
-    let mut ids = Vec::new();
-    for n in 0..5 {
-        let doc = app
-            .generate(
-                &agent,
-                &json!({"document_type": "quote", "inline_context": {"n": n}}),
-            )
-            .await;
-        ids.push(doc["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app.generate_quotes(&agent, 5).await;
     redis.flushall().await;
 
     let _worker = app.start_worker(&[]);
@@ -394,16 +354,7 @@ async fn a_worker_survives_a_redis_stall() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     redis.resume();
 
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        let doc = app
-            .generate(
-                &agent,
-                &json!({"document_type": "quote", "inline_context": {"n": n}}),
-            )
-            .await;
-        ids.push(doc["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app.generate_quotes(&agent, 3).await;
     for id in &ids {
         let doc = app
             .wait_for_document_within(&agent, id, Duration::from_secs(30))

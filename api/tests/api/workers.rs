@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::for_each_backend;
-use crate::helpers::{Backend, TestApp, spawn_app_with};
+use crate::helpers::{Backend, spawn_app_with};
 
 /// Heartbeats every 200 ms: a worker is stale after 600 ms unheard.
 const FAST_HEARTBEAT: &[(&str, &str)] = &[("WORKER_HEARTBEAT_MS", "200")];
@@ -18,30 +18,6 @@ for_each_backend!(
     the_queue_view_shows_waiting_finished_and_failed_documents,
     health_degrades_when_documents_wait_with_no_live_worker,
 );
-
-async fn ops(app: &TestApp, token: &str, what: &str) -> Value {
-    let res = app.get(&format!("/api/v1/ops/{what}"), Some(token)).await;
-    assert_eq!(res.status(), StatusCode::OK, "GET /api/v1/ops/{what}");
-    res.json().await.unwrap()
-}
-
-/// Asks `/api/v1/ops/{what}` until `check` holds (a heartbeat or a drain takes its time).
-async fn until_ops(
-    app: &TestApp,
-    token: &str,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let view = ops(app, token, what).await;
-        if check(&view) {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "never held: {view:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The worker with process id `pid` in the list `list` of the workers view.
 fn worker<'a>(view: &'a Value, list: &str, pid: u32) -> Option<&'a Value> {
@@ -61,16 +37,15 @@ async fn workers_register_heartbeat_and_say_goodbye(backend: Backend) {
         .access_token;
     let res = app.get("/api/v1/ops/workers", Some(&agent)).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN, "agents do not operate");
-    let view = ops(&app, &admin, "workers").await;
+    let view = app.ops(&admin, "workers").await;
     assert_eq!(view["live"], json!([]), "{view}");
     assert_eq!(view["stale_after_seconds"], 0.6);
 
     let mut drained = app.start_worker(&[]);
     let pid = drained.id().unwrap();
-    let view = until_ops(&app, &admin, "workers", |v| {
-        worker(v, "live", pid).is_some()
-    })
-    .await;
+    let view = app
+        .until_ops(&admin, "workers", |v| worker(v, "live", pid).is_some())
+        .await;
     let live = worker(&view, "live", pid).unwrap();
     assert_eq!(live["concurrency"], 4, "{live}");
     assert!(
@@ -79,20 +54,11 @@ async fn workers_register_heartbeat_and_say_goodbye(backend: Backend) {
     );
     assert!(live["stopped_at"].is_null());
 
-    let mut ids = Vec::new();
-    for n in 0..2 {
-        let doc = app
-            .generate(
-                &agent,
-                &json!({"document_type": "quote", "inline_context": {"n": n}}),
-            )
-            .await;
-        ids.push(doc["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app.generate_quotes(&agent, 2).await;
     for id in &ids {
         assert_eq!(app.wait_for_document(&agent, id).await["status"], "ready");
     }
-    until_ops(&app, &admin, "workers", |v| {
+    app.until_ops(&admin, "workers", |v| {
         worker(v, "live", pid).is_some_and(|w| w["processed"] == 2 && w["failed"] == 0)
     })
     .await;
@@ -104,7 +70,7 @@ async fn workers_register_heartbeat_and_say_goodbye(backend: Backend) {
         .unwrap();
     assert!(status.success());
     drained.wait().await.unwrap();
-    let view = ops(&app, &admin, "workers").await;
+    let view = app.ops(&admin, "workers").await;
     let stopped = worker(&view, "stopped", pid).expect("a drained worker is listed as stopped");
     assert!(stopped["stopped_at"].is_string(), "{stopped}");
     assert_eq!(stopped["processed"], 2);
@@ -113,15 +79,12 @@ async fn workers_register_heartbeat_and_say_goodbye(backend: Backend) {
     // Killed: it goes stale once three heartbeats are missed.
     let mut killed = app.start_worker(&[]);
     let pid = killed.id().unwrap();
-    until_ops(&app, &admin, "workers", |v| {
-        worker(v, "live", pid).is_some()
-    })
-    .await;
+    app.until_ops(&admin, "workers", |v| worker(v, "live", pid).is_some())
+        .await;
     killed.kill().await.unwrap();
-    let view = until_ops(&app, &admin, "workers", |v| {
-        worker(v, "stale", pid).is_some()
-    })
-    .await;
+    let view = app
+        .until_ops(&admin, "workers", |v| worker(v, "stale", pid).is_some())
+        .await;
     assert!(worker(&view, "stale", pid).unwrap()["stopped_at"].is_null());
     app.stop().await;
 }
@@ -136,13 +99,7 @@ async fn the_queue_view_shows_waiting_finished_and_failed_documents(backend: Bac
             "{% for i in range(100000) %}{% for j in range(100000) %}.{% endfor %}{% endfor %}",
         )
         .await;
-    for n in 0..2 {
-        app.generate(
-            &admin,
-            &json!({"document_type": "quote", "inline_context": {"n": n}}),
-        )
-        .await;
-    }
+    app.generate_quotes(&admin, 2).await;
     let broken = app
         .generate(
             &admin,
@@ -150,7 +107,7 @@ async fn the_queue_view_shows_waiting_finished_and_failed_documents(backend: Bac
         )
         .await;
 
-    let view = ops(&app, &admin, "queue").await;
+    let view = app.ops(&admin, "queue").await;
     assert_eq!(view["queued"], 3, "{view:#}");
     assert_eq!(view["lanes"][0]["lane"], "interactive");
     assert_eq!(view["lanes"][0]["queued"], 3);
@@ -164,11 +121,11 @@ async fn the_queue_view_shows_waiting_finished_and_failed_documents(backend: Bac
         .wait_for_document(&admin, broken["id"].as_str().unwrap())
         .await;
     assert_eq!(failed["status"], "failed");
-    until_ops(&app, &admin, "queue", |v| {
-        v["queued"] == 0 && v["in_flight"] == 0
-    })
-    .await;
-    let view = until_ops(&app, &admin, "queue", |v| v["live_workers"] == 1).await;
+    app.until_ops(&admin, "queue", |v| v["queued"] == 0 && v["in_flight"] == 0)
+        .await;
+    let view = app
+        .until_ops(&admin, "queue", |v| v["live_workers"] == 1)
+        .await;
     let finished = view["finished_per_minute"].as_array().unwrap();
     let total =
         |status: &str| -> i64 { finished.iter().map(|m| m[status].as_i64().unwrap()).sum() };
