@@ -54,6 +54,9 @@ pub struct Activity {
     /// When the queue consumer last heartbeated (apalis' own heartbeat against the queue),
     /// in milliseconds after `started`.
     consumer_beat_ms: AtomicU64,
+    /// Abandoned jobs whose lease is being ended (see [`InFlight`]); a stopping worker
+    /// waits for them.
+    abandoning: tokio::sync::watch::Sender<usize>,
 }
 
 impl Activity {
@@ -64,6 +67,7 @@ impl Activity {
             processed: AtomicI64::new(0),
             failed: AtomicI64::new(0),
             consumer_beat_ms: AtomicU64::new(0),
+            abandoning: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -93,19 +97,49 @@ impl Activity {
     }
 }
 
-/// Counts a job as running until dropped.
-struct InFlight<'a>(&'a Activity);
+/// A job running on this worker: counted in flight until dropped. Dropped before
+/// [`InFlight::finish`], the job was abandoned midway (its queue consumer failed and was
+/// restarted, or a drain ran out of time): its document's lease is ended at once, so a
+/// reconciler takes it again within `RECONCILE_INTERVAL_MS` instead of when the lease
+/// (`JOB_TIMEOUT_SECONDS` + 5 s) runs out.
+struct InFlight {
+    deps: Arc<Deps>,
+    document_id: uuid::Uuid,
+    finished: bool,
+}
 
-impl<'a> InFlight<'a> {
-    fn start(activity: &'a Activity) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(activity)
+impl InFlight {
+    fn start(deps: &Arc<Deps>, document_id: uuid::Uuid) -> Self {
+        deps.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            deps: deps.clone(),
+            document_id,
+            finished: false,
+        }
+    }
+
+    fn finish(mut self) {
+        self.finished = true;
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.deps.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.finished {
+            return;
+        }
+        let (deps, document_id) = (self.deps.clone(), self.document_id);
+        warn!(%document_id, "a job was abandoned midway; its document goes back to the reconciler");
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            deps.activity.abandoning.send_modify(|n| *n += 1);
+            runtime.spawn(async move {
+                if let Err(err) = deps.db.documents().abandon(document_id).await {
+                    warn!(%document_id, error = %err, "cannot end an abandoned job's lease; it runs out by itself");
+                }
+                deps.activity.abandoning.send_modify(|n| *n -= 1);
+            });
+        }
     }
 }
 
@@ -161,6 +195,10 @@ pub fn unique_worker_name() -> String {
 /// lets the queue deliver it again later.
 const DATABASE_PATIENCE: Duration = Duration::from_secs(300);
 
+/// How long a stopping worker waits for the jobs its drain cut short to hand their
+/// documents back.
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
+
 /// How long the worker registry remembers a worker it no longer hears from.
 const WORKER_MEMORY: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
@@ -173,11 +211,10 @@ async fn handle(job: RenderJob, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError
         document_id = %job.document_id,
         request_id = job.request_id.as_deref().unwrap_or("-"),
     );
-    let _running = InFlight::start(&deps.activity);
-    process_through_outages(&deps, &job)
-        .instrument(span)
-        .await
-        .map_err(Into::into)
+    let running = InFlight::start(&deps, job.document_id);
+    let result = process_through_outages(&deps, &job).instrument(span).await;
+    running.finish();
+    result.map_err(Into::into)
 }
 
 /// Runs the job; when the database stops answering midway, waits for it (up to
@@ -266,6 +303,9 @@ pub async fn run(
         .await;
     let _ = stop_tx.send(true);
     let _ = periodic.await;
+    // Jobs the drain cut short hand their documents back before the process goes.
+    let mut abandoning = deps.activity.abandoning.subscribe();
+    let _ = tokio::time::timeout(ABANDON_WAIT, abandoning.wait_for(|n| *n == 0)).await;
     deps.pdf.shutdown().await;
     if let Err(err) = deps.db.workers().stop(id, deps.activity.counts()).await {
         warn!(error = %err, "cannot record that the worker stopped");

@@ -307,6 +307,7 @@ for_each_backend!(
     a_queue_that_lost_its_jobs_loses_no_document,
     a_worker_killed_mid_job_loses_no_document,
     sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued,
+    a_drain_cut_short_hands_its_job_back_at_once,
 );
 
 /// The queue loses every job while documents wait (a Redis restarted empty, a queue file
@@ -494,6 +495,51 @@ pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A drain that runs out of time drops its job midway: the document goes back to the
+/// reconciler at once (its lease ended), not when its lease (`JOB_TIMEOUT_SECONDS` + 5 s,
+/// over two minutes by default) runs out.
+async fn a_drain_cut_short_hands_its_job_back_at_once(backend: Backend) {
+    let app = spawn_app_with(backend, &[("RENDER_FUEL", "1000000000")], false).await;
+    let admin = app.admin().await.access_token;
+    let slow = app.create_template(&admin, "Slow", SLOW_TEMPLATE).await;
+    let busy = app
+        .generate(
+            &admin,
+            &json!({"document_type": "quote", "template_id": slow["id"]}),
+        )
+        .await;
+    let busy = busy["id"].as_str().unwrap();
+    let mut worker =
+        app.start_worker(&[("WORKER_CONCURRENCY", "1"), ("DRAIN_TIMEOUT_SECONDS", "0")]);
+    wait_for_status(&app, &admin, busy, "processing").await;
+    let pid = worker.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("the worker exits")
+        .unwrap();
+    assert!(
+        app.worker_log()
+            .contains("a job was abandoned midway; its document goes back to the reconciler"),
+        "{}",
+        app.worker_log()
+    );
+
+    // Within the queue's own orphan threshold (15 s): the reconciler, not the queue,
+    // handed the document on.
+    let _next = app.start_worker(&[]);
+    let doc = app
+        .wait_for_document_within(&admin, busy, Duration::from_secs(10))
+        .await;
+    assert_eq!(doc["status"], "ready", "{doc}");
+    assert_eq!(doc["attempts"], 2, "{doc}");
+    app.stop().await;
 }
 
 /// A file where the documents folder should be: every store fails until it is removed.

@@ -292,6 +292,21 @@ impl Documents<'_> {
         .db()
     }
 
+    /// Ends the lease of a document whose attempt its worker abandoned midway (the job was
+    /// dropped, not finished): the next reconciler round enqueues it again, and its next
+    /// claim takes over from the abandoned attempt. False when it is not `processing`.
+    pub async fn abandon(&self, id: Uuid) -> DbResult<bool> {
+        on_db!(self.0, pool => sqlx::query(
+            "UPDATE generated_documents SET lease_until = $2 WHERE id = $1 AND status = 'processing'",
+        )
+        .bind(id)
+        .bind(crate::now())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))
+        .db()
+    }
+
     /// Ends the lease of every queued document: the queue lost its jobs (a Redis restarted
     /// empty), so each is to be enqueued again now rather than when its lease runs out.
     /// Returns how many.
