@@ -20,6 +20,7 @@ use common::db::policies::PolicyParties;
 use common::model::{Document, OutputFormat, TemplateOptions, Timings};
 use common::queue::RenderJob;
 use common::storage::Storage;
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -206,6 +207,9 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
             .unwrap_or_default(),
         ..Timings::default()
     };
+    if let Some(stored) = stored_by_earlier_attempt(deps, doc, &timings).await? {
+        return Ok(stored);
+    }
     let format = doc.output_format.as_str();
 
     let started = Instant::now();
@@ -305,6 +309,52 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
         checksum,
         timings,
     })
+}
+
+/// The object an earlier attempt of this document stored before it stopped short of
+/// recording it (a worker killed between the two): read back, its plain size and checksum
+/// taken, and kept, rather than rendered and written a second time. Both stores write an
+/// object whole or not at all (an S3 PUT; a temporary file renamed), so an object under
+/// the document's key is complete. `None` on a first attempt, when there is no such
+/// object, or when it cannot be read back (it is then rendered again).
+async fn stored_by_earlier_attempt(
+    deps: &Deps,
+    doc: &Document,
+    timings: &Timings,
+) -> Result<Option<Stored>, JobError> {
+    if doc.attempts < 2 {
+        return Ok(None);
+    }
+    let key = Storage::document_key(doc.id, doc.output_format);
+    let object = match deps.storage.get(&key).await {
+        Ok(object) => object,
+        Err(err) if common::storage::is_not_found(&err) => return Ok(None),
+        Err(err) => return Err(JobError::Transient(err)),
+    };
+    let stored_size = object.size as usize;
+    let keys = deps.settings.storage.encryption_keys.clone();
+    let mut plain = envelope::open_stream(object.stream, doc.compress, doc.encrypt, keys);
+    let (mut hasher, mut size) = (Sha256::new(), 0);
+    while let Some(chunk) = plain.next().await {
+        match chunk {
+            Ok(chunk) => {
+                hasher.update(&chunk);
+                size += chunk.len();
+            }
+            Err(err) => {
+                warn!(error = %err, "an earlier attempt's object cannot be read back; rendering again");
+                return Ok(None);
+            }
+        }
+    }
+    info!("an earlier attempt stored this document before it stopped; its object is kept");
+    Ok(Some(Stored {
+        key,
+        size,
+        stored_size,
+        checksum: hex::encode(hasher.finalize()),
+        timings: timings.clone(),
+    }))
 }
 
 /// Renders a template (`None`: the built-in layout) with `context` to `format`: HTML through

@@ -308,6 +308,7 @@ for_each_backend!(
     a_worker_killed_mid_job_loses_no_document,
     sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued,
     a_drain_cut_short_hands_its_job_back_at_once,
+    an_object_an_earlier_attempt_stored_is_kept,
 );
 
 /// The queue loses every job while documents wait (a Redis restarted empty, a queue file
@@ -539,6 +540,51 @@ async fn a_drain_cut_short_hands_its_job_back_at_once(backend: Backend) {
         .await;
     assert_eq!(doc["status"], "ready", "{doc}");
     assert_eq!(doc["attempts"], 2, "{doc}");
+    app.stop().await;
+}
+
+/// A worker killed after it stored a document's object and before it recorded the
+/// document ready leaves a complete object: the attempt that takes over keeps it, rather
+/// than rendering the document and writing its object a second time.
+async fn an_object_an_earlier_attempt_stored_is_kept(backend: Backend) {
+    use sha2::Digest;
+
+    let app = spawn_app_with(backend, &[], false).await;
+    let admin = app.admin().await.access_token;
+    let id = app.generate_quotes(&admin, 1).await.remove(0);
+    // What the dead attempt left: the row claimed (attempt 1, its lease already over) and
+    // the object stored.
+    let documents = app.state.db.documents();
+    let uuid = id.parse().unwrap();
+    documents
+        .claim(uuid, common::now())
+        .await
+        .unwrap()
+        .expect("the queued document is claimed");
+    let earlier = bytes::Bytes::from_static(b"<p>stored by the attempt that died</p>");
+    let key = common::storage::Storage::document_key(uuid, common::model::OutputFormat::Html);
+    app.state.storage.put(&key, earlier.clone()).await.unwrap();
+
+    let _worker = app.start_worker(&[]);
+    let doc = app.wait_for_document(&admin, &id).await;
+    assert_eq!(doc["status"], "ready", "{doc}");
+    assert!(doc["attempts"].as_i64().unwrap() >= 2, "{doc}");
+    assert_eq!(doc["size_bytes"], earlier.len());
+    assert_eq!(doc["checksum"], hex::encode(sha2::Sha256::digest(&earlier)));
+    let res = app
+        .get(&format!("/api/v1/documents/{id}/download"), Some(&admin))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.bytes().await.unwrap(),
+        earlier,
+        "the object was not written again"
+    );
+    assert!(
+        app.worker_log().contains(
+            "an earlier attempt stored this document before it stopped; its object is kept"
+        )
+    );
     app.stop().await;
 }
 
