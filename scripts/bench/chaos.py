@@ -654,8 +654,10 @@ def entry_time(entry: dict) -> float | None:
         return None
 
 
+HANDED_BACK = "a job was abandoned midway; its document goes back to the reconciler"
+KEPT = "an earlier attempt stored this document before it stopped; its object is kept"
 TERMINAL = ("document ready", "document failed", "attempt failed; retrying later",
-            "another attempt finished this document first; result discarded")
+            "another attempt finished this document first; result discarded", HANDED_BACK)
 
 
 class WorkerLog:
@@ -707,6 +709,8 @@ def log_account(logs: list[WorkerLog], ids: set[str], start: float, end: float) 
     discarded: Counter = Counter()
     noop: Counter = Counter()
     db_waits: Counter = Counter()
+    handed_back: Counter = Counter()
+    kept: Counter = Counter()
     reconciled = 0
     abandoned: dict[str, set[str]] = {}
     renderers: dict[str, list[str]] = {}
@@ -740,12 +744,17 @@ def log_account(logs: list[WorkerLog], ids: set[str], start: float, end: float) 
                 noop[doc] += 1
             elif message == "the database is unavailable; the job waits for it":
                 db_waits[doc] += 1
+            elif message == HANDED_BACK:
+                handed_back[doc] += 1
+            elif message == KEPT:
+                kept[doc] += 1
         if running or dropped:
             abandoned[wl.label] = running | dropped
     # `abandoned`: per worker, renders it started and never logged an outcome for (the job
     # died with its worker, or was dropped by it).
     return {"ready": ready, "renders": renders, "discarded": discarded, "noop": noop,
-            "db_waits": db_waits, "reconciled": reconciled, "abandoned": abandoned, "renderers": renderers}
+            "db_waits": db_waits, "handed_back": handed_back, "kept": kept,
+            "reconciled": reconciled, "abandoned": abandoned, "renderers": renderers}
 
 
 # --------------------------------------------------------------------------------------
@@ -1312,6 +1321,10 @@ def section_for(r: dict, args) -> DrillSection:
         f"deliveries of an already finished document (nothing done): {sum(acc['noop'].values())}; "
         f"jobs re-enqueued by the reconcilers: {acc['reconciled']}"
         + (f"; jobs that waited for the database: {sum(acc['db_waits'].values())}" if acc["db_waits"] else "")
+        + (f"; jobs cut short that handed their document back at once: {sum(acc['handed_back'].values())}"
+           if acc["handed_back"] else "")
+        + (f"; objects an earlier attempt stored, kept by the next one instead of written again: "
+           f"{sum(acc['kept'].values())}" if acc["kept"] else "")
         + "."
     )
     if r["written_twice"] is None:
