@@ -53,7 +53,7 @@ pub async fn reconcile(db: &Db, queue: &JobQueue, queued_lease: Duration) -> any
             };
             if let Err(err) = queue.push(job).await {
                 for (unpushed, _) in &expired[n..] {
-                    db.documents().expire_lease(*unpushed).await?;
+                    db.documents().end_lease(*unpushed).await?;
                 }
                 return Err(err);
             }

@@ -134,7 +134,7 @@ impl Drop for InFlight {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             deps.activity.abandoning.send_modify(|n| *n += 1);
             runtime.spawn(async move {
-                if let Err(err) = deps.db.documents().abandon(document_id).await {
+                if let Err(err) = deps.db.documents().end_lease(document_id).await {
                     warn!(%document_id, error = %err, "cannot end an abandoned job's lease; it runs out by itself");
                 }
                 deps.activity.abandoning.send_modify(|n| *n -= 1);

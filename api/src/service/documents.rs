@@ -389,7 +389,7 @@ async fn enqueue(state: &AppState, doc: &Document) -> ApiResult<()> {
         },
     };
     if !pushed {
-        state.db.documents().expire_lease(doc.id).await?;
+        state.db.documents().end_lease(doc.id).await?;
         state.metrics.deferred.inc();
         state.outbox.defer();
     }

@@ -226,13 +226,7 @@ async fn submits_during_a_redis_outage_are_accepted_and_done_after() {
     if services_skipped() {
         return;
     }
-    let mut redis = PrivateRedis::start().await;
-    let app = spawn_app_with(
-        Backend::PostgresRedis,
-        &[("REDIS_URL", redis.url.as_str())],
-        true,
-    )
-    .await;
+    let (mut redis, app) = on_private_redis(true).await;
     let agent = app
         .register_and_login("agent@example.com")
         .await
@@ -279,13 +273,7 @@ async fn a_flushed_queue_is_noticed_within_seconds() {
     if services_skipped() {
         return;
     }
-    let redis = PrivateRedis::start().await;
-    let app = spawn_app_with(
-        Backend::PostgresRedis,
-        &[("REDIS_URL", redis.url.as_str())],
-        false,
-    )
-    .await;
+    let (redis, app) = on_private_redis(false).await;
     // A worker has run against this Redis (so the queue's marker is there), and stopped.
     let mut first = app.start_worker(&[]);
     let marker = format!("{}:monassurance:marker", app.env["QUEUE_NAME"]);
@@ -331,13 +319,7 @@ async fn a_worker_survives_a_redis_stall() {
     if services_skipped() {
         return;
     }
-    let redis = PrivateRedis::start().await;
-    let app = spawn_app_with(
-        Backend::PostgresRedis,
-        &[("REDIS_URL", redis.url.as_str())],
-        true,
-    )
-    .await;
+    let (redis, app) = on_private_redis(true).await;
     let agent = app
         .register_and_login("agent@example.com")
         .await
@@ -362,6 +344,19 @@ async fn a_worker_survives_a_redis_stall() {
         assert_eq!(doc["status"], "ready", "{doc}");
     }
     app.stop().await;
+}
+
+/// An app on Postgres and a Redis of the test's own (which the test may stop, flush or
+/// freeze), with a worker process when `worker`.
+async fn on_private_redis(worker: bool) -> (PrivateRedis, TestApp) {
+    let redis = PrivateRedis::start().await;
+    let app = spawn_app_with(
+        Backend::PostgresRedis,
+        &[("REDIS_URL", redis.url.as_str())],
+        worker,
+    )
+    .await;
+    (redis, app)
 }
 
 /// Waits until a worker process has logged `line`.

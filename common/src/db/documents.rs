@@ -277,27 +277,14 @@ impl Documents<'_> {
         .db()
     }
 
-    /// Ends the lease of a queued document whose job the queue did not take, so the next
-    /// reconciler round (the API's relay, any worker's timer) enqueues it. False when the
-    /// document is no longer queued.
-    pub async fn expire_lease(&self, id: Uuid) -> DbResult<bool> {
+    /// Ends the lease of an unfinished document, so the next reconciler round (the API's
+    /// relay, any worker's timer) enqueues it again: a queued document whose job the queue
+    /// did not take, or one whose attempt its worker dropped midway (the next claim takes
+    /// over from that attempt). False when the document is finished or gone.
+    pub async fn end_lease(&self, id: Uuid) -> DbResult<bool> {
         on_db!(self.0, pool => sqlx::query(
-            "UPDATE generated_documents SET lease_until = $2 WHERE id = $1 AND status = 'queued'",
-        )
-        .bind(id)
-        .bind(crate::now())
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected() == 1))
-        .db()
-    }
-
-    /// Ends the lease of a document whose attempt its worker abandoned midway (the job was
-    /// dropped, not finished): the next reconciler round enqueues it again, and its next
-    /// claim takes over from the abandoned attempt. False when it is not `processing`.
-    pub async fn abandon(&self, id: Uuid) -> DbResult<bool> {
-        on_db!(self.0, pool => sqlx::query(
-            "UPDATE generated_documents SET lease_until = $2 WHERE id = $1 AND status = 'processing'",
+            "UPDATE generated_documents SET lease_until = $2 \
+             WHERE id = $1 AND status IN ('queued', 'processing')",
         )
         .bind(id)
         .bind(crate::now())
