@@ -348,6 +348,20 @@ pub fn worker_binary() -> PathBuf {
     path
 }
 
+/// Sends SIGTERM to a worker process (a drain) and waits, up to a minute, for it to exit.
+pub async fn sigterm(worker: &mut Child) -> std::process::ExitStatus {
+    let pid = worker.id().expect("the worker runs").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success(), "kill -TERM {pid}");
+    tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("the worker exits")
+        .unwrap()
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

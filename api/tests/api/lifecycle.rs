@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, PrivateRedis, TestApp, error_code, spawn_app_with};
+use crate::helpers::{Backend, PrivateRedis, TestApp, error_code, sigterm, spawn_app_with};
 use crate::{for_each_backend, on_both_backends};
 
 on_both_backends!(
@@ -416,7 +416,9 @@ async fn a_worker_killed_mid_job_loses_no_document(backend: Backend) {
     app.stop().await;
 }
 
-async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued(backend: Backend) {
+/// An app with no worker, fuel for [`SLOW_TEMPLATE`], and a queued document of that
+/// template: `(app, admin token, document id)`.
+async fn with_a_slow_document(backend: Backend) -> (TestApp, String, String) {
     let app = spawn_app_with(backend, &[("RENDER_FUEL", "1000000000")], false).await;
     let admin = app.admin().await.access_token;
     let slow = app.create_template(&admin, "Slow", SLOW_TEMPLATE).await;
@@ -426,7 +428,13 @@ async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued(backend: Backe
             &json!({"document_type": "quote", "template_id": slow["id"]}),
         )
         .await;
-    let busy = busy["id"].as_str().unwrap();
+    let busy = busy["id"].as_str().unwrap().to_owned();
+    (app, admin, busy)
+}
+
+async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued(backend: Backend) {
+    let (app, admin, busy) = with_a_slow_document(backend).await;
+    let busy = busy.as_str();
 
     let mut worker = app.start_worker(&[("WORKER_CONCURRENCY", "1")]);
     wait_for_status(&app, &admin, busy, "processing").await;
@@ -435,16 +443,7 @@ async fn sigterm_drains_in_flight_jobs_and_leaves_the_rest_queued(backend: Backe
         .await;
     let waiting = waiting["id"].as_str().unwrap();
 
-    let pid = worker.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let exit = tokio::time::timeout(Duration::from_secs(60), worker.wait())
-        .await
-        .expect("the worker exits")
-        .unwrap();
+    let exit = sigterm(&mut worker).await;
     assert!(exit.success(), "a drained worker exits cleanly: {exit:?}");
 
     let drained: Value = app
@@ -502,29 +501,12 @@ pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str)
 /// reconciler at once (its lease ended), not when its lease (`JOB_TIMEOUT_SECONDS` + 5 s,
 /// over two minutes by default) runs out.
 async fn a_drain_cut_short_hands_its_job_back_at_once(backend: Backend) {
-    let app = spawn_app_with(backend, &[("RENDER_FUEL", "1000000000")], false).await;
-    let admin = app.admin().await.access_token;
-    let slow = app.create_template(&admin, "Slow", SLOW_TEMPLATE).await;
-    let busy = app
-        .generate(
-            &admin,
-            &json!({"document_type": "quote", "template_id": slow["id"]}),
-        )
-        .await;
-    let busy = busy["id"].as_str().unwrap();
+    let (app, admin, busy) = with_a_slow_document(backend).await;
+    let busy = busy.as_str();
     let mut worker =
         app.start_worker(&[("WORKER_CONCURRENCY", "1"), ("DRAIN_TIMEOUT_SECONDS", "0")]);
     wait_for_status(&app, &admin, busy, "processing").await;
-    let pid = worker.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    tokio::time::timeout(Duration::from_secs(60), worker.wait())
-        .await
-        .expect("the worker exits")
-        .unwrap();
+    sigterm(&mut worker).await;
     assert!(
         app.worker_log()
             .contains("a job was abandoned midway; its document goes back to the reconciler"),

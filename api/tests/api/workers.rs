@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::for_each_backend;
-use crate::helpers::{Backend, spawn_app_with};
+use crate::helpers::{Backend, sigterm, spawn_app_with};
 
 /// Heartbeats every 200 ms: a worker is stale after 600 ms unheard.
 const FAST_HEARTBEAT: &[(&str, &str)] = &[("WORKER_HEARTBEAT_MS", "200")];
@@ -64,12 +64,7 @@ async fn workers_register_heartbeat_and_say_goodbye(backend: Backend) {
     .await;
 
     // Drained with SIGTERM: it says goodbye.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    drained.wait().await.unwrap();
+    sigterm(&mut drained).await;
     let view = app.ops(&admin, "workers").await;
     let stopped = worker(&view, "stopped", pid).expect("a drained worker is listed as stopped");
     assert!(stopped["stopped_at"].is_string(), "{stopped}");
