@@ -87,6 +87,23 @@ impl ApiError {
         err
     }
 
+    /// 422 naming every field at fault; `errors` must not be empty.
+    pub fn invalid_fields(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.as_slice() {
+            [] => "The request is invalid.".to_owned(),
+            [only] => format!("{}: {}", only.field, only.message),
+            [first, rest @ ..] => format!(
+                "{}: {} (and {} more invalid fields)",
+                first.field,
+                first.message,
+                rest.len()
+            ),
+        };
+        let mut err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", detail);
+        err.errors = errors;
+        err
+    }
+
     /// 503 with `Retry-After`: something the request needs is busy or down for now.
     pub fn unavailable(code: &'static str, detail: impl Into<String>, retry_after: u64) -> Self {
         let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail);

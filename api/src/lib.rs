@@ -67,6 +67,8 @@ pub struct AppInner {
     /// The number of queued documents, recounted at most every [`QUEUED_COUNT_TTL`] so
     /// backpressure costs one count per interval, not one per request.
     queued: tokio::sync::Mutex<Option<(std::time::Instant, i64)>>,
+    /// Whether a top-up of the bulk window started by this process is running.
+    feeding: std::sync::atomic::AtomicBool,
 }
 
 /// How stale the backpressure count may be.
@@ -91,13 +93,48 @@ impl AppInner {
             })
     }
 
-    /// The number of documents waiting in `queued`, at most [`QUEUED_COUNT_TTL`] old.
+    /// Tops up the bulk window now, in the background, so newly accepted bulk documents
+    /// start without waiting for a worker's feeder to tick (see [`common::feeder`]). At
+    /// most one top-up per process at a time; none while the queue is known to be down.
+    pub fn feed_bulk_lane(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.outbox.in_outage() || self.feeding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let state = self.clone();
+        tokio::spawn(async move {
+            let queue = &state.settings.queue;
+            let result = common::feeder::top_up(
+                &state.db,
+                &state.queue,
+                queue.bulk_window,
+                queue.queued_lease,
+            )
+            .await;
+            state.feeding.store(false, Ordering::Release);
+            if let Err(err) = result {
+                tracing::warn!(error = %format!("{err:#}"), "cannot top up the bulk window; the workers' feeders will");
+            }
+        });
+    }
+
+    /// The number of documents waiting in `queued` in the interactive lane, at most
+    /// [`QUEUED_COUNT_TTL`] old. A batch running does not make single documents wait, so
+    /// its items do not count against `MAX_QUEUED_DOCUMENTS`.
     pub async fn queued_count(&self) -> Result<i64, common::db::DbError> {
         let mut cached = self.queued.lock().await;
         match *cached {
             Some((counted_at, count)) if counted_at.elapsed() < QUEUED_COUNT_TTL => Ok(count),
             _ => {
-                let count = self.db.documents().count_queued().await?;
+                let count = self
+                    .db
+                    .documents()
+                    .count_queued_by_lane()
+                    .await?
+                    .into_iter()
+                    .filter(|(lane, _)| lane == "interactive")
+                    .map(|(_, n)| n)
+                    .sum();
                 *cached = Some((std::time::Instant::now(), count));
                 Ok(count)
             }
@@ -154,6 +191,7 @@ impl Application {
             security_headers: middleware::security_header_list(&settings)?,
             request_id_header,
             queued: tokio::sync::Mutex::new(None),
+            feeding: std::sync::atomic::AtomicBool::new(false),
             outbox,
             embedded_worker,
             limiter,

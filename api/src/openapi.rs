@@ -42,6 +42,8 @@ use crate::AppState;
         (name = "policies", description = "Insurance policies (agents see their clients')"),
         (name = "templates", description = "Versioned document templates (managers and admins)"),
         (name = "documents", description = "Generation, status, signed links and downloads"),
+        (name = "batches", description = "Many documents in one request: progress, cancel, retry and a streamed ZIP archive. \
+            Items wait in the bulk lane: interactive documents go first, and bulk work is shared fairly between owners"),
         (name = "audit", description = "The audit log (managers and admins)"),
         (name = "operations", description = "Health and metrics"),
     )

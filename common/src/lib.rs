@@ -12,6 +12,8 @@
 //! - [`storage`]: the object store where rendered documents live.
 //! - [`limits`]: rate limits (GCRA), shared through Redis or kept in memory.
 //! - [`envelope`]: documents at rest: brotli, then AES-256-GCM in chunks, streamable.
+//! - [`feeder`]: the bulk lane: batch items fed to the queue a window at a time, shared
+//!   fairly between owners.
 //! - [`maintenance`]: the reconciler (lost jobs), orphan purge, preview sweep, retention.
 //! - [`telemetry`]: logging set-up and the Prometheus registry.
 //!
@@ -21,6 +23,7 @@
 pub mod auth;
 pub mod db;
 pub mod envelope;
+pub mod feeder;
 pub mod limits;
 pub mod maintenance;
 pub mod model;

@@ -91,6 +91,13 @@ text_enum! {
 }
 
 text_enum! {
+    /// Which lane a document waits in: `interactive` goes to the queue at once and is taken
+    /// first; `bulk` (batch items by default) is fed to the queue a window at a time,
+    /// shared fairly between owners.
+    Priority: "priority" { Interactive => "interactive", Bulk => "bulk" }
+}
+
+text_enum! {
     /// What a document is rendered to.
     OutputFormat: "output format" { Html => "html", Pdf => "pdf", Xlsx => "xlsx" }
 }
@@ -313,10 +320,54 @@ pub struct Document {
     /// A template preview: rendered like a document, answered, then deleted; never listed.
     #[serde(skip)]
     pub preview: bool,
+    #[sqlx(try_from = "String")]
+    pub priority: Priority,
+    /// The batch this document is an item of.
+    pub batch_id: Option<Uuid>,
+    /// A batch item's name in the batch's archive.
+    pub reference: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+}
+
+text_enum! {
+    /// Where a batch is: `queued` until an item starts, `running` while items are queued
+    /// or rendering, `completed` when none is (whether or not some failed), `cancelled`
+    /// once cancelled (items already rendering still finish).
+    BatchStatus: "batch status" {
+        Queued => "queued",
+        Running => "running",
+        Completed => "completed",
+        Cancelled => "cancelled",
+    }
+}
+
+/// A batch with its items' counts. The counts are read from the items, so they are always
+/// those of the rows themselves.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Batch {
+    pub id: Uuid,
+    pub status: BatchStatus,
+    pub document_type: String,
+    pub output_format: OutputFormat,
+    pub template_version_id: Option<Uuid>,
+    pub compressed: bool,
+    pub encrypted: bool,
+    /// Items asked for.
+    pub total: i64,
+    pub queued: i64,
+    pub processing: i64,
+    pub ready: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub created_at: DateTime<Utc>,
+    /// When the first item started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the batch completed or was cancelled (and its last running item finished).
+    pub finished_at: Option<DateTime<Utc>>,
+    pub owner_id: Uuid,
 }
 
 /// One audit log entry.

@@ -168,6 +168,18 @@ pub struct QueueSettings {
     /// `QUEUED_LEASE_SECONDS`: how long a queued document may wait before the reconciler
     /// assumes its job was lost and enqueues it again.
     pub queued_lease: Duration,
+    /// `MAX_BATCH_ITEMS`: the most items one batch may have.
+    pub max_batch_items: usize,
+    /// `MAX_QUEUED_BULK_DOCUMENTS`: a batch that would take the bulk lane past this many
+    /// waiting documents answers 503.
+    pub max_queued_bulk: i64,
+    /// `BULK_WINDOW`: how many bulk documents may be on the queue or rendering at once, all
+    /// workers together. An interactive document waits behind at most this many; too
+    /// small, and workers idle between top-ups.
+    pub bulk_window: i64,
+    /// `FEEDER_INTERVAL_MS`: how often each worker's feeder tops up the bulk window when
+    /// its own finished bulk documents have not already made it do so.
+    pub feeder_interval: Duration,
 }
 
 /// Where rendered documents are kept.
@@ -440,6 +452,10 @@ impl QueueSettings {
             name: env.string("QUEUE_NAME", "monassurance-render"),
             max_queued_documents: env.value("MAX_QUEUED_DOCUMENTS", "10000")?,
             queued_lease: env.seconds("QUEUED_LEASE_SECONDS", "600")?,
+            max_batch_items: env.value("MAX_BATCH_ITEMS", "10000")?,
+            max_queued_bulk: env.value("MAX_QUEUED_BULK_DOCUMENTS", "200000")?,
+            bulk_window: env.value("BULK_WINDOW", "64")?,
+            feeder_interval: env.millis("FEEDER_INTERVAL_MS", "200")?,
         })
     }
 }

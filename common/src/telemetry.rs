@@ -54,6 +54,18 @@ pub struct DocumentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabels {
+    /// `interactive` or `bulk`.
+    pub lane: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    /// `created`, `cancelled`, `retried` or `deleted`.
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     pub format: String,
     pub stage: String,
@@ -73,8 +85,14 @@ pub struct Metrics {
     pub documents: Family<DocumentLabels, Counter>,
     pub document_stage: Family<StageLabels, Histogram>,
     pub queue_depth: Gauge,
-    /// Time from request to the start of the first attempt.
-    pub queue_wait: Histogram,
+    /// Documents waiting, by lane.
+    pub lane_depth: Family<LaneLabels, Gauge>,
+    /// Time from request to the start of the first attempt, by lane.
+    pub queue_wait: Family<LaneLabels, Histogram>,
+    /// Batches by what happened to them.
+    pub batches: Family<BatchLabels, Counter>,
+    /// Items of the batches accepted.
+    pub batch_items: Counter,
     /// Lost jobs enqueued again by the reconciler.
     pub reconciled: Counter,
     /// Documents accepted while the queue refused their job: kept, and enqueued by the
@@ -107,7 +125,12 @@ impl Metrics {
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
         );
         let queue_depth = Gauge::default();
-        let queue_wait = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        let lane_depth = Family::<LaneLabels, Gauge>::default();
+        let queue_wait = Family::<LaneLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.001, 2.0, 18))) as fn() -> Histogram,
+        );
+        let batches = Family::<BatchLabels, Counter>::default();
+        let batch_items = Counter::default();
         let reconciled = Counter::default();
         let deferred = Counter::default();
         let engine_restarts = Gauge::default();
@@ -154,9 +177,24 @@ impl Metrics {
             queue_depth.clone(),
         );
         registry.register(
+            "queue_lane_depth",
+            "Documents waiting, by priority lane",
+            lane_depth.clone(),
+        );
+        registry.register(
             "document_queue_wait_seconds",
-            "Time from a document request to the start of its first attempt",
+            "Time from a document request to the start of its first attempt, by lane",
             queue_wait.clone(),
+        );
+        registry.register(
+            "document_batches",
+            "Document batches created, cancelled, retried and deleted",
+            batches.clone(),
+        );
+        registry.register(
+            "document_batch_items",
+            "Items of the document batches accepted",
+            batch_items.clone(),
         );
         registry.register(
             "documents_reconciled",
@@ -171,6 +209,9 @@ impl Metrics {
         Metrics {
             registry: Arc::new(registry),
             queue_wait,
+            lane_depth,
+            batches,
+            batch_items,
             reconciled,
             deferred,
             engine_restarts,
@@ -194,12 +235,50 @@ impl Metrics {
 
     /// Counts a finished document job.
     pub fn document_finished(&self, format: &str, outcome: &str) {
+        self.documents_finished(format, outcome, 1);
+    }
+
+    /// Counts `count` document jobs finished the same way (a batch's items cancelled).
+    pub fn documents_finished(&self, format: &str, outcome: &str, count: u64) {
         self.documents
             .get_or_create(&DocumentLabels {
                 format: format.to_owned(),
                 outcome: outcome.to_owned(),
             })
+            .inc_by(count);
+    }
+
+    /// Records how long a document waited in its lane before its first attempt.
+    pub fn waited(&self, lane: &str, seconds: f64) {
+        self.queue_wait
+            .get_or_create(&LaneLabels {
+                lane: lane.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts something done to a batch.
+    pub fn batch_event(&self, event: &str) {
+        self.batches
+            .get_or_create(&BatchLabels {
+                event: event.to_owned(),
+            })
             .inc();
+    }
+
+    /// Sets the number of documents waiting in each lane.
+    pub fn set_lane_depths(&self, depths: &[(String, i64)]) {
+        for lane in ["interactive", "bulk"] {
+            let depth = depths
+                .iter()
+                .find(|(name, _)| name == lane)
+                .map_or(0, |(_, n)| *n);
+            self.lane_depth
+                .get_or_create(&LaneLabels {
+                    lane: lane.to_owned(),
+                })
+                .set(depth);
+        }
     }
 
     /// Counts a request refused by a rate limiter.

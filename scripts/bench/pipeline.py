@@ -10,6 +10,8 @@ Scenarios (--scenarios, comma-separated; default all):
   pdf       PDF through the pipeline vs cold wkhtmltopdf calls vs the warm engine alone
   xlsx      worker RSS while it writes a 100,000-row XLSX (Postgres + Redis)
   download  API RSS growth while streaming a 50 MB encrypted document (embedded)
+  batch     a 10,000-item batch: accepted, all ready, interactive documents beside it,
+            two agents' batches shared fairly, its archive streamed (both deployments)
 
 With --baseline REV (the wrapper builds REV's binaries into $BENCH_BASELINE_BIN_DIR), the
 html scenario runs as same-run pairs: per deployment REV's binaries and the current ones
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -1038,21 +1041,207 @@ def scenario_download(args, run_dir: Path) -> Section:
     return section
 
 
+# --------------------------------------------------------------------------------------
+# Scenario 5: batches
+# --------------------------------------------------------------------------------------
+
+
+def batch_agent(deployment: Deployment, email: str) -> str:
+    """An agent of the deployment (created by its admin), logged in: its token."""
+    password = "bench-agent-password"
+    status, body = benchlib.http("POST", deployment.base + "/api/v1/users", deployment.token,
+                                 {"email": email, "password": password, "role": "agent"})
+    benchlib.expect(status, 201, f"create agent {email}", body)
+    status, body = benchlib.http("POST", deployment.base + "/api/v1/auth/login",
+                                 body={"email": email, "password": password})
+    benchlib.expect(status, 200, f"login {email}", body)
+    return body["access_token"]
+
+
+def batch_body(template_id: str, document_type: str, count: int) -> dict:
+    items = [{"reference": f"POL-{i:06d}", "inline_context": {"policy_number": f"POL-{i:06d}"}}
+             for i in range(count)]
+    return {"document_type": document_type, "template_id": template_id,
+            "inline_context": ATTESTATION_CONTEXT, "items": items}
+
+
+def submit_batch(deployment: Deployment, token: str, body: dict) -> tuple[dict, float]:
+    """POSTs a batch; returns it and how long the request took."""
+    started = time.monotonic()
+    status, batch = benchlib.http("POST", deployment.base + "/api/v1/document-batches", token, body, timeout=300)
+    took = time.monotonic() - started
+    benchlib.expect(status, 202, "submit a batch", batch)
+    return batch, took
+
+
+def wait_batch(deployment: Deployment, token: str, batch_id: str, limit: float = 900) -> dict:
+    deadline = time.monotonic() + limit
+    while True:
+        status, batch = benchlib.http("GET", f"{deployment.base}/api/v1/document-batches/{batch_id}", token)
+        benchlib.expect(status, 200, "read a batch", batch)
+        if batch.get("finished_at"):
+            return batch
+        deployment.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"batch {batch_id} not finished after {limit:.0f} s: {batch}")
+        time.sleep(0.05)
+
+
+class Prober(threading.Thread):
+    """Asks for single interactive documents one after another (each waited for) until
+    stopped: what an agent sees while a batch runs."""
+
+    def __init__(self, deployment: Deployment, token: str, template_id: str) -> None:
+        super().__init__(daemon=True)
+        self.deployment, self.token, self.template_id = deployment, token, template_id
+        self.stopping = threading.Event()
+        self.latencies_ms: list[float] = []
+
+    def run(self) -> None:
+        body = {"document_type": "probe", "template_id": self.template_id, "inline_context": ATTESTATION_CONTEXT}
+        base = self.deployment.base
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            status, doc = benchlib.http("POST", base + "/api/v1/documents/generate", self.token, body)
+            if status != 202:
+                continue
+            while True:
+                status, doc = benchlib.http("GET", f"{base}/api/v1/documents/{doc['id']}", self.token)
+                if doc.get("status") in ("ready", "failed"):
+                    break
+                time.sleep(0.005)
+            self.latencies_ms.append(1000.0 * (time.monotonic() - started))
+            time.sleep(0.05)
+
+
+def scenario_batch(args, run_dir: Path) -> Section:
+    section = Section("5. Batches: accepted, rendered, beside interactive work, shared fairly, archived")
+    count = args.batch_items or (1000 if args.quick else 10_000)
+    seconds = 3 if args.quick else args.duration
+    rows = {}
+    for mode in ("postgres", "embedded"):
+        label = HTML_LABELS[mode]
+        deployment = None
+        try:
+            deployment, store, template_id = html_start(run_dir, mode, suffix="-batch")
+            section.commands.append(
+                f"# {label}: environment\n{shown_env(deployment.env)}\n"
+                + "\n".join(CURRENT.shown(c) for c in deployment.commands)
+            )
+            # Baseline, same deployment, same run: single documents under wrk.
+            body = html_body(run_dir, f"batch-{mode}", template_id, "single")
+            single, _, single_cpu, _ = html_submit(deployment, store, args, seconds, body, "single")
+            agent = batch_agent(deployment, "batch-agent@example.com")
+            other = batch_agent(deployment, "other-agent@example.com")
+
+            # One big batch, with an agent asking for single documents meanwhile.
+            log(f"{deployment.name}: a {count:,}-item batch")
+            prober = Prober(deployment, other, template_id)
+            cpu = CpuWindow().start()
+            started = time.time()
+            batch, accept_s = submit_batch(deployment, agent, batch_body(template_id, "batch", count))
+            prober.start()
+            done = wait_batch(deployment, agent, batch["id"])
+            cpu_stats = cpu.stop()
+            prober.stopping.set()
+            prober.join()
+            if done["ready"] != count:
+                raise BenchError(f"the batch finished with {done['ready']} of {count} ready: {done}")
+            finished = max(f for s, _, f, _ in store.rows("batch") if s == "ready")
+            span = finished - started
+            bench_cpu = max(0.0, cpu_stats["busy_s"] - cpu_stats["foreign_s"])
+            log(f"{deployment.name}: accepted in {accept_s:.2f} s, all ready after {span:.1f} s; "
+                f"{len(prober.latencies_ms)} interactive probes")
+
+            # The archive of it, streamed: API RSS growth and speed.
+            api_pid = deployment.api.pid
+            idle = steady_rss_kb(api_pid, 1.0)
+            request = urllib.request.Request(
+                f"{deployment.base}/api/v1/document-batches/{batch['id']}/archive",
+                headers={"Authorization": f"Bearer {agent}"},
+            )
+            with RssSampler(api_pid) as sampler:
+                archive_started = time.monotonic()
+                size = 0
+                with benchlib.OPENER.open(request, timeout=600) as response:
+                    while chunk := response.read(1 << 20):
+                        size += len(chunk)
+                archive_s = time.monotonic() - archive_started
+
+            # Fairness: two agents' equal batches, submitted together.
+            half = count // 2
+            log(f"{deployment.name}: two agents' {half:,}-item batches at once")
+            first, _ = submit_batch(deployment, agent, batch_body(template_id, "fair-a", half))
+            second, _ = submit_batch(deployment, other, batch_body(template_id, "fair-b", half))
+            ends = []
+            for token, b in ((agent, first), (other, second)):
+                finished = wait_batch(deployment, token, b["id"])
+                ends.append(benchlib.parse_ts(finished["finished_at"]) - benchlib.parse_ts(b["created_at"]))
+            rows[mode] = dict(label=label, single=single, single_cpu=single_cpu, accept_s=accept_s, span=span,
+                              cpu_ms=1000.0 * bench_cpu / count, probes=prober.latencies_ms,
+                              archive_mb=size / 1e6, archive_s=archive_s, rss_growth=sampler.peak_kb - idle,
+                              ends=ends)
+        finally:
+            if deployment is not None:
+                deployment.stop()
+
+    for mode, r in rows.items():
+        label, target_s = r["label"], (10.0 if mode == "postgres" else 15.0)
+        single_rate = r["single"]["per_second"]
+        single_target = 1000 if mode == "postgres" else 500
+        section.row(f"{label}: {count:,}-item batch accepted (one request)", f"{r['accept_s']:.2f} s", "≤ 2 s",
+                    "—", "—", r["accept_s"] <= 2.0)
+        rate = count / r["span"]
+        section.row(f"{label}: submission → every item ready", f"{r['span']:.1f} s ({fmt_rate(rate)})",
+                    f"≤ {target_s:.0f} s", f"single documents under wrk, same deployment: {fmt_rate(single_rate)}",
+                    f"{rate / single_rate:.2f}× single documents", r["span"] <= target_s)
+        section.row(f"{label}: single HTML documents (wrk {args.connections} connections), submit → ready",
+                    fmt_rate(single_rate), f"≥ {single_target:,}/s", "—", "—", single_rate >= single_target)
+        single_cpu = r["single_cpu"]
+        single_ms = 1000.0 * max(0.0, single_cpu["busy_s"] - single_cpu["foreign_s"]) / r["single"]["ready"]
+        section.row(f"{label}: CPU per ready document (every bench process)",
+                    f"batch {r['cpu_ms']:.2f} ms; single {single_ms:.2f} ms", "≤ 2 ms", "—", "—",
+                    max(r["cpu_ms"], single_ms) <= 2.0)
+        probes = r["probes"]
+        if probes:
+            p99 = percentile(probes, 99)
+            section.row(f"{label}: interactive documents while the batch runs, submit → ready p50 / p99 "
+                        f"({len(probes)} documents)", f"{percentile(probes, 50):.0f} / {p99:.0f} ms", "p99 ≤ 250 ms",
+                        f"single documents under wrk, p50: {r['single']['p50_ms']:.0f} ms", "—", p99 <= 250)
+        a, b = r["ends"]
+        spread = abs(a - b) / max(a, b)
+        section.row(f"{label}: two agents' {count // 2:,}-item batches started together, time to finish",
+                    f"{a:.1f} s and {b:.1f} s", "within 20%", "—", f"{100 * spread:.0f}% apart", spread <= 0.2)
+        speed = r["archive_mb"] / r["archive_s"]
+        section.row(f"{label}: archive of the {count:,}-item batch ({r['archive_mb']:.1f} MB)",
+                    f"{speed:.0f} MB/s; API RSS +{mb(r['rss_growth']):.1f} MB",
+                    "≥ 50 MB/s; RSS growth ≤ 30 MB", "—", "—",
+                    speed >= 50 and mb(r["rss_growth"]) <= 30)
+    section.notes.append(
+        "Each deployment as in scenario 1 (two workers of WORKER_CONCURRENCY 8 on Postgres + Redis; the embedded "
+        "worker in the API's process), BULK_WINDOW at its default. The single-document baseline runs first on "
+        "the same deployment; the batch's CPU window runs from its submission to its last item ready."
+    )
+    return section
+
+
 SCENARIOS = {
     "html": scenario_html,
     "pdf": scenario_pdf,
     "xlsx": scenario_xlsx,
     "download": scenario_download,
+    "batch": scenario_batch,
 }
-ALIASES = {"1": "html", "2": "pdf", "3": "xlsx", "4": "download", "rss": "download"}
+ALIASES = {"1": "html", "2": "pdf", "3": "xlsx", "4": "download", "5": "batch", "rss": "download"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not figures")
-    parser.add_argument("--scenarios", default="html,pdf,xlsx,download",
-                        help="comma-separated: html,pdf,xlsx,download (or 1,2,3,4)")
+    parser.add_argument("--scenarios", default="html,pdf,xlsx,download,batch",
+                        help="comma-separated: html,pdf,xlsx,download,batch (or 1,2,3,4,5)")
+    parser.add_argument("--batch-items", type=int, default=0, help="items of the big batch (10000; quick 1000)")
     parser.add_argument("--results", type=Path, default=None,
                         help="results file (default bench/RESULTS.md; a --quick run writes none unless given)")
     parser.add_argument("--no-results", action="store_true", help="print the section, write no file")

@@ -42,6 +42,8 @@ pub struct Deps {
     pub pdf: PdfEngine,
     /// What this worker reports at each heartbeat.
     pub activity: Activity,
+    /// Wakes this worker's bulk-lane feeder as its bulk documents finish.
+    pub feeder: Arc<common::feeder::Feeder>,
 }
 
 /// A worker's counts and the liveness of its queue consumer, as its heartbeats report them.
@@ -154,6 +156,7 @@ impl Deps {
     ) -> Deps {
         Deps {
             pdf: pdf_engine(&settings),
+            feeder: Arc::new(common::feeder::Feeder::new(settings.queue.bulk_window)),
             settings,
             db,
             storage,
@@ -237,8 +240,8 @@ async fn process_through_outages(deps: &Deps, job: &RenderJob) -> anyhow::Result
 }
 
 /// Runs workers on the queue until `shutdown` completes, then lets in-flight jobs finish
-/// (up to `DRAIN_TIMEOUT_SECONDS`) while the rest stay queued. The reconciler and the
-/// maintenance timer run beside them.
+/// (up to `DRAIN_TIMEOUT_SECONDS`) while the rest stay queued. The reconciler, the
+/// maintenance timer and the bulk lane's feeder run beside them.
 pub async fn run(
     deps: Arc<Deps>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -261,6 +264,13 @@ pub async fn run(
         .context("cannot register the worker")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let feeder = tokio::spawn(common::feeder::run(
+        deps.db.clone(),
+        deps.queue.clone(),
+        deps.settings.queue.clone(),
+        deps.feeder.clone(),
+        stop_rx.clone(),
+    ));
     let periodic = tokio::spawn(periodic_tasks(deps.clone(), id, stop_rx));
 
     let beats = deps.clone();
@@ -303,6 +313,7 @@ pub async fn run(
         .await;
     let _ = stop_tx.send(true);
     let _ = periodic.await;
+    let _ = feeder.await;
     // Jobs the drain cut short hand their documents back before the process goes.
     let mut abandoning = deps.activity.abandoning.subscribe();
     let _ = tokio::time::timeout(ABANDON_WAIT, abandoning.wait_for(|n| *n == 0)).await;
@@ -371,8 +382,9 @@ async fn periodic_tasks(deps: Arc<Deps>, id: uuid::Uuid, mut stop: watch::Receiv
                     }
                     Err(err) => error!(error = %err, "reconciler failed"),
                 }
-                if let Ok(queued) = deps.db.documents().count_queued().await {
-                    deps.metrics.queue_depth.set(queued);
+                if let Ok(by_lane) = deps.db.documents().count_queued_by_lane().await {
+                    deps.metrics.queue_depth.set(by_lane.iter().map(|(_, n)| n).sum());
+                    deps.metrics.set_lane_depths(&by_lane);
                 }
             }
             _ = maintenance.tick() => {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use common::Settings;
 use common::db::documents::Outcome;
 use common::db::policies::PolicyParties;
-use common::model::{Document, OutputFormat, TemplateOptions, Timings};
+use common::model::{Document, OutputFormat, Priority, TemplateOptions, Timings};
 use common::queue::RenderJob;
 use common::storage::Storage;
 use futures::StreamExt;
@@ -68,13 +68,25 @@ pub async fn process(deps: &Deps, job: &RenderJob) -> anyhow::Result<()> {
         info!("document already finished or deleted; nothing to do");
         return Ok(());
     };
+    let lane = doc.priority;
+    let outcome = process_claimed(deps, doc).await;
+    if lane == Priority::Bulk {
+        deps.feeder.left_window();
+    }
+    outcome
+}
+
+/// Runs the attempt `doc`'s claim started, to a finished or requeued row.
+async fn process_claimed(deps: &Deps, doc: Document) -> anyhow::Result<()> {
+    let settings = &deps.settings;
     let attempt = doc.attempts;
     let format = doc.output_format.as_str();
     if attempt == 1
         && let Some(started) = doc.started_at
     {
         let wait = (started - doc.created_at).to_std().unwrap_or_default();
-        deps.metrics.queue_wait.observe(wait.as_secs_f64());
+        deps.metrics
+            .waited(doc.priority.as_str(), wait.as_secs_f64());
     }
     if attempt > settings.worker.job_max_attempts {
         // Only a job that took its worker down with it gets here (each redelivery counts).

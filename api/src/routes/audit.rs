@@ -353,36 +353,12 @@ impl Csv {
 
     /// One record, CRLF-terminated (RFC 4180).
     fn write_fields<'a>(&self, out: &mut Vec<u8>, fields: impl Iterator<Item = &'a str>) {
-        for (i, field) in fields.enumerate() {
-            if i > 0 {
-                out.push(self.delimiter);
-            }
-            self.write_field(out, field);
-        }
-        out.extend_from_slice(b"\r\n");
+        crate::service::csv::write_record(out, self.delimiter, fields);
     }
 
+    #[cfg(test)]
     fn write_field(&self, out: &mut Vec<u8>, field: &str) {
-        let neutralise = field.starts_with(['=', '+', '-', '@']);
-        let quote = neutralise
-            || field
-                .bytes()
-                .any(|b| b == self.delimiter || matches!(b, b'"' | b'\n' | b'\r'));
-        if quote {
-            out.push(b'"');
-        }
-        if neutralise {
-            out.push(b'\'');
-        }
-        for b in field.bytes() {
-            if b == b'"' {
-                out.push(b'"');
-            }
-            out.push(b);
-        }
-        if quote {
-            out.push(b'"');
-        }
+        crate::service::csv::write_field(out, self.delimiter, field);
     }
 }
 

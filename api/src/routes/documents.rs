@@ -12,13 +12,13 @@
 //! answer (status, `Location`, `ETag`, download headers).
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::db::Page;
 use common::db::documents::DocumentFilter;
-use common::model::{Document, DocumentStatus, OutputFormat, Role};
+use common::model::{Document, DocumentStatus, OutputFormat, Priority, Role};
 use serde::Deserialize;
 use std::time::Duration;
 use uuid::Uuid;
@@ -26,11 +26,11 @@ use uuid::Uuid;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{AuthUser, Json, Path, Query, RequestMeta};
-use crate::routes::Pagination;
+use crate::routes::{LinkQuery, Pagination, TtlQuery, unchanged};
 use crate::service::access::Scope;
-use crate::service::documents::{self, Credential, Idempotency, SignedUrl, Submitted};
+use crate::service::documents::{self, Idempotency, SignedUrl, Submitted};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -57,6 +57,9 @@ struct GenerateBody {
     compress: Option<bool>,
     /// AES-256-GCM at rest; `DEFAULT_ENCRYPT` when absent.
     encrypt: Option<bool>,
+    /// `interactive` (the default): queued at once and taken before any bulk work;
+    /// `bulk`: waits in the bulk lane, shared fairly between owners, like a batch item.
+    priority: Option<Priority>,
 }
 
 impl From<GenerateBody> for documents::Request {
@@ -70,6 +73,7 @@ impl From<GenerateBody> for documents::Request {
             output_format: body.output_format,
             compress: body.compress,
             encrypt: body.encrypt,
+            priority: body.priority,
         }
     }
 }
@@ -178,6 +182,8 @@ struct ListQuery {
     page: Pagination,
     status: Option<DocumentStatus>,
     policy_id: Option<Uuid>,
+    /// Only this batch's items.
+    batch_id: Option<Uuid>,
 }
 
 #[utoipa::path(
@@ -196,6 +202,7 @@ async fn list(
         owner_id: Scope::of(&user).owner(),
         status: query.status,
         policy_id: query.policy_id,
+        batch_id: query.batch_id,
     };
     Ok(Json(
         state.db.documents().list(&filter, limit, offset).await?,
@@ -225,13 +232,7 @@ async fn read(
     let doc = Scope::of(&user).document(&state.db, id).await?;
     let etag = document_etag(&doc);
     let current = etag.to_str().unwrap_or_default();
-    let unchanged = headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|candidate| candidate.trim() == current || candidate.trim() == "*");
-    if unchanged {
+    if unchanged(&headers, current) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     Ok(([(header::ETAG, etag)], Json(doc)).into_response())
@@ -306,19 +307,6 @@ async fn retry(
     answer(&state, doc, StatusCode::ACCEPTED, None).await
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct TtlQuery {
-    /// How long the link works, in seconds (at most `SIGNED_URL_MAX_TTL`).
-    #[serde(default = "default_ttl")]
-    #[param(minimum = 1, default = 300)]
-    ttl_seconds: i64,
-}
-
-fn default_ttl() -> i64 {
-    300
-}
-
 #[utoipa::path(
     post, path = "/{id}/signed-url", tag = "documents", operation_id = "sign_document_link",
     security(("bearer" = [])),
@@ -336,15 +324,6 @@ async fn signed_url(
 ) -> ApiResult<Json<SignedUrl>> {
     let link = documents::sign_link(&state, &user, id, query.ttl_seconds).await?;
     Ok(Json(link))
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct LinkQuery {
-    /// A signed link's expiry (Unix seconds).
-    exp: Option<i64>,
-    /// A signed link's signature, `<kid>.<base64url MAC>`.
-    sig: Option<String>,
 }
 
 /// With `exp` and `sig`, the link is the credential and no bearer token is needed; without
@@ -374,16 +353,7 @@ async fn download(
     Query(link): Query<LinkQuery>,
     mut parts: Parts,
 ) -> ApiResult<Response> {
-    let credential = match (link.exp, link.sig) {
-        (Some(exp), Some(sig)) => Credential::Link { exp, sig },
-        (None, None) => Credential::User(AuthUser::from_request_parts(&mut parts, &state).await?),
-        _ => {
-            return Err(ApiError::forbidden(
-                "invalid_link",
-                "The link is incomplete.",
-            ));
-        }
-    };
+    let credential = link.credential(&mut parts, &state).await?;
     let (doc, opened) = documents::download(&state, &meta, id, credential).await?;
     let checksum = doc.checksum.clone().unwrap_or_default();
     let headers = [

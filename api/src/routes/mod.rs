@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod batches;
 pub mod clients;
 pub mod companies;
 pub mod documents;
@@ -20,7 +21,14 @@ use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::error::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::Deserialize;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::AuthUser;
+use crate::service::documents::Credential;
 use crate::{AppState, middleware};
 
 /// Every route, with the cross-cutting layers (see [`crate::middleware`] for their order).
@@ -65,6 +73,7 @@ pub fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .nest("/policies", policies::router())
         .nest("/templates", templates::router())
         .nest("/documents", documents::router())
+        .nest("/document-batches", batches::router())
         .nest("/users", users::router())
         .nest("/audit-logs", audit::router())
         .nest("/ops", ops::api_router());
@@ -197,4 +206,53 @@ impl Pagination {
         }
         Ok((self.limit, self.offset))
     }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TtlQuery {
+    /// How long the link works, in seconds (at most `SIGNED_URL_MAX_TTL`).
+    #[serde(default = "default_ttl")]
+    #[param(minimum = 1, default = 300)]
+    pub ttl_seconds: i64,
+}
+
+fn default_ttl() -> i64 {
+    300
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LinkQuery {
+    /// A signed link's expiry (Unix seconds).
+    exp: Option<i64>,
+    /// A signed link's signature, `<kid>.<base64url MAC>`.
+    sig: Option<String>,
+}
+
+impl LinkQuery {
+    /// The signed link, if the query carries one; else the bearer token's user, who must
+    /// be allowed to see what is asked for.
+    pub async fn credential(self, parts: &mut Parts, state: &AppState) -> ApiResult<Credential> {
+        match (self.exp, self.sig) {
+            (Some(exp), Some(sig)) => Ok(Credential::Link { exp, sig }),
+            (None, None) => Ok(Credential::User(
+                AuthUser::from_request_parts(parts, state).await?,
+            )),
+            _ => Err(ApiError::forbidden(
+                "invalid_link",
+                "The link is incomplete.",
+            )),
+        }
+    }
+}
+
+/// Whether `If-None-Match` names `current` (or `*`).
+pub fn unchanged(headers: &HeaderMap, current: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|candidate| candidate.trim() == current || candidate.trim() == "*")
 }

@@ -120,8 +120,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     if !state.settings.http.enable_metrics {
         return Err(ApiError::not_found("Metrics are disabled."));
     }
-    let queued = state.db.documents().count_queued().await?;
-    state.metrics.queue_depth.set(queued);
+    let by_lane = state.db.documents().count_queued_by_lane().await?;
+    state
+        .metrics
+        .queue_depth
+        .set(by_lane.iter().map(|(_, n)| n).sum());
+    state.metrics.set_lane_depths(&by_lane);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use common::db::audit::AuditEvent;
 use common::db::documents::NewDocument;
 use common::limits::Spend;
-use common::model::{Document, DocumentStatus, OutputFormat};
+use common::model::{Document, DocumentStatus, OutputFormat, Priority};
 use common::queue::RenderJob;
 use common::settings::SignedUrlMode;
 use futures::stream::BoxStream;
@@ -55,6 +55,8 @@ pub struct Request {
     /// `DEFAULT_COMPRESS` / `DEFAULT_ENCRYPT` when absent.
     pub compress: Option<bool>,
     pub encrypt: Option<bool>,
+    /// `interactive` when absent.
+    pub priority: Option<Priority>,
 }
 
 impl Request {
@@ -62,31 +64,37 @@ impl Request {
     /// the same `Idempotency-Key`. Object keys are sorted so that field order does not
     /// matter.
     pub fn fingerprint(&self) -> String {
-        fn canonical(value: &serde_json::Value) -> serde_json::Value {
-            match value {
-                serde_json::Value::Object(map) => {
-                    let sorted: std::collections::BTreeMap<_, _> =
-                        map.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
-                    serde_json::Value::Object(sorted.into_iter().collect())
-                }
-                serde_json::Value::Array(items) => {
-                    serde_json::Value::Array(items.iter().map(canonical).collect())
-                }
-                other => other.clone(),
-            }
-        }
         let value = serde_json::json!([
             self.document_type.trim(),
             self.template_id,
             self.template_version_id,
             self.policy_id,
-            self.inline_context.as_ref().map(canonical),
+            self.inline_context,
             self.output_format,
             self.compress,
             self.encrypt,
+            self.priority,
         ]);
-        hex::encode(Sha256::digest(value.to_string().as_bytes()))
+        fingerprint(&value)
     }
+}
+
+/// A stable hash of a JSON request: object keys are sorted, so field order does not matter.
+pub fn fingerprint(value: &serde_json::Value) -> String {
+    fn canonical(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let sorted: std::collections::BTreeMap<_, _> =
+                    map.iter().map(|(k, v)| (k.clone(), canonical(v))).collect();
+                serde_json::Value::Object(sorted.into_iter().collect())
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(canonical).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    hex::encode(Sha256::digest(canonical(value).to_string().as_bytes()))
 }
 
 /// A client's `Idempotency-Key` and the fingerprint of the request it came with.
@@ -99,6 +107,11 @@ pub struct Idempotency {
 impl Idempotency {
     /// Checks the key (1 to 255 characters once trimmed).
     pub fn new(key: &str, request: &Request) -> ApiResult<Idempotency> {
+        Idempotency::with_fingerprint(key, request.fingerprint())
+    }
+
+    /// The key, for a request whose [`fingerprint`] is `request_hash`.
+    pub fn with_fingerprint(key: &str, request_hash: String) -> ApiResult<Idempotency> {
         let key = key.trim();
         if key.is_empty() || key.len() > 255 {
             return Err(ApiError::invalid(
@@ -108,9 +121,35 @@ impl Idempotency {
         }
         Ok(Idempotency {
             key: key.to_owned(),
-            request_hash: request.fingerprint(),
+            request_hash,
         })
     }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn request_hash(&self) -> &str {
+        &self.request_hash
+    }
+
+    /// 422 `idempotency_key_reused` unless `stored` (what the key's first request hashed
+    /// to) is this request's hash.
+    pub fn check_replay(&self, stored: Option<&str>) -> ApiResult<()> {
+        if stored == Some(self.request_hash.as_str()) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different request.",
+        ))
+    }
+}
+
+/// When an `Idempotency-Key` used earlier than this is forgotten.
+pub fn idempotency_window_start() -> chrono::DateTime<chrono::Utc> {
+    common::now() - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS)
 }
 
 /// What [`submit`] did.
@@ -176,6 +215,7 @@ pub async fn submit(
             .unwrap_or(state.settings.storage.default_encrypt),
         request_id: meta.request_id.clone(),
         idempotency: idempotency.clone(),
+        priority: request.priority.unwrap_or(Priority::Interactive),
         preview: false,
     };
     let Some(doc) = insert_and_enqueue(state, pending).await? else {
@@ -206,34 +246,27 @@ async fn find_replay(
     owner_id: Uuid,
     idempotency: &Idempotency,
 ) -> ApiResult<Option<Document>> {
-    let since = common::now() - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
     let Some(existing) = state
         .db
         .documents()
-        .find_idempotent(owner_id, &idempotency.key, since)
+        .find_idempotent(owner_id, &idempotency.key, idempotency_window_start())
         .await?
     else {
         return Ok(None);
     };
-    if existing.request_hash.as_deref() != Some(idempotency.request_hash.as_str()) {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
-            "This Idempotency-Key was already used with a different request.",
-        ));
-    }
+    idempotency.check_replay(existing.request_hash.as_deref())?;
     Ok(Some(existing))
 }
 
 /// The template version a request resolves to and the template's format.
-struct ResolvedTemplate {
-    version_id: Option<Uuid>,
-    format: Option<OutputFormat>,
+pub struct ResolvedTemplate {
+    pub version_id: Option<Uuid>,
+    pub format: Option<OutputFormat>,
 }
 
 /// The version named wins; else the template's latest; else the built-in layout. An
 /// inactive template is refused.
-async fn resolve_template(
+pub async fn resolve_template(
     state: &AppState,
     version_id: Option<Uuid>,
     template_id: Option<Uuid>,
@@ -279,7 +312,7 @@ async fn resolve_template(
 
 /// An HTML template renders to HTML or PDF; an XLSX template only to XLSX; the built-in
 /// layout (no template) to any format.
-fn check_format(template: Option<OutputFormat>, output: OutputFormat) -> ApiResult<()> {
+pub fn check_format(template: Option<OutputFormat>, output: OutputFormat) -> ApiResult<()> {
     let compatible = match template {
         None => true,
         Some(OutputFormat::Html) | Some(OutputFormat::Pdf) => output != OutputFormat::Xlsx,
@@ -297,7 +330,7 @@ fn check_format(template: Option<OutputFormat>, output: OutputFormat) -> ApiResu
 }
 
 /// A request's `inline_context`: a JSON object, or `default()` when absent or null.
-fn inline_context(
+pub fn inline_context(
     value: Option<serde_json::Value>,
     default: impl FnOnce() -> serde_json::Value,
 ) -> ApiResult<serde_json::Value> {
@@ -320,6 +353,7 @@ struct Pending {
     encrypt: bool,
     request_id: Option<String>,
     idempotency: Option<Idempotency>,
+    priority: Priority,
     preview: bool,
 }
 
@@ -355,6 +389,7 @@ async fn write_and_push(state: AppState, pending: Pending) -> ApiResult<Option<D
             request_id: pending.request_id.as_deref(),
             idempotency_key,
             request_hash,
+            priority: pending.priority,
             lease_until: common::now() + state.settings.queue.queued_lease,
             preview: pending.preview,
         })
@@ -372,8 +407,13 @@ async fn write_and_push(state: AppState, pending: Pending) -> ApiResult<Option<D
 
 /// Hands a queued document's job to the queue. The row is the truth and the queue only a
 /// delivery: when the queue refuses the job (or is known to be down), the document stays
-/// accepted, and the outbox relay hands it to the queue once the queue answers again.
+/// accepted, and the outbox relay hands it to the queue once the queue answers again. A
+/// bulk document waits for its place in the bulk window instead ([`common::feeder`]).
 async fn enqueue(state: &AppState, doc: &Document) -> ApiResult<()> {
+    if doc.priority == Priority::Bulk {
+        state.feed_bulk_lane();
+        return Ok(());
+    }
     let job = RenderJob {
         document_id: doc.id,
         request_id: doc.request_id.clone(),
@@ -645,7 +685,7 @@ pub async fn download(
     Ok((doc, opened))
 }
 
-fn capitalise(text: &str) -> String {
+pub fn capitalise(text: &str) -> String {
     let mut chars = text.chars();
     chars
         .next()
@@ -810,6 +850,7 @@ pub async fn preview(
         encrypt: state.settings.storage.default_encrypt,
         request_id: meta.request_id.clone(),
         idempotency: None,
+        priority: Priority::Interactive,
         preview: true,
     };
     let doc = insert_and_enqueue(state, pending)

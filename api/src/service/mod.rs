@@ -12,6 +12,9 @@
 //!   document.
 //! - [`accounts`]: creating accounts (registration, admins, the `create-admin` command)
 //!   and the public view of a user.
+//! - [`batches`]: many documents in one request: checking a whole batch before writing
+//!   it, its counts, cancel and retry, and its archive, streamed as a ZIP.
+//! - [`csv`]: CSV records for the exports (the audit log, a batch's manifest).
 //! - [`documents`]: asking for a document (template resolution, format check,
 //!   backpressure, insert and enqueue, idempotency), waiting for it, opening what a worker
 //!   stored, signed links, and template previews.
@@ -25,6 +28,8 @@
 
 pub mod access;
 pub mod accounts;
+pub mod batches;
+pub mod csv;
 pub mod documents;
 pub mod ops;
 pub mod policies;

@@ -67,8 +67,7 @@ pub async fn workers(state: &AppState) -> ApiResult<WorkersView> {
 /// `GET /api/v1/ops/queue`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct QueueView {
-    /// Documents waiting, by priority lane (one lane, `interactive`, until batches add
-    /// `bulk`).
+    /// Documents waiting and running, by priority lane: `interactive`, then `bulk`.
     pub lanes: Vec<Lane>,
     /// Documents waiting, all lanes.
     pub queued: i64,
@@ -89,10 +88,12 @@ pub struct QueueView {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Lane {
-    /// `interactive` (single documents); batches will add `bulk`.
+    /// `interactive` (single documents, taken first) or `bulk` (batch items, fed to the
+    /// queue a window at a time and shared fairly between owners).
     pub lane: &'static str,
     pub queued: i64,
     pub oldest_queued_seconds: Option<f64>,
+    pub in_flight: i64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -132,16 +133,20 @@ pub async fn queue(state: &AppState) -> ApiResult<QueueView> {
         .workers()
         .count_live(now - state.settings.worker.stale_after())
         .await?;
-    let oldest_queued_seconds = waiting.oldest_queued_at.map(|at| age_seconds(now, at));
+    let oldest_queued_at = waiting.iter().filter_map(|l| l.oldest_queued_at).min();
     Ok(QueueView {
-        lanes: vec![Lane {
-            lane: "interactive",
-            queued: waiting.queued,
-            oldest_queued_seconds,
-        }],
-        queued: waiting.queued,
-        oldest_queued_seconds,
-        in_flight: waiting.in_flight,
+        lanes: waiting
+            .iter()
+            .map(|l| Lane {
+                lane: l.lane.as_str(),
+                queued: l.queued,
+                oldest_queued_seconds: l.oldest_queued_at.map(|at| age_seconds(now, at)),
+                in_flight: l.in_flight,
+            })
+            .collect(),
+        queued: waiting.iter().map(|l| l.queued).sum(),
+        oldest_queued_seconds: oldest_queued_at.map(|at| age_seconds(now, at)),
+        in_flight: waiting.iter().map(|l| l.in_flight).sum(),
         finished_per_minute: per_minute(window_start, FINISHED_WINDOW_MINUTES, &finished),
         failed_last_hour,
         recent_failures: latest
@@ -187,10 +192,9 @@ pub async fn pipeline(state: &AppState) -> ApiResult<Pipeline> {
             .documents()
             .queue_state()
             .await?
-            .oldest_queued_at
-            .is_some_and(|at| {
-                age_seconds(now, at) > state.settings.worker.stall_after.as_secs_f64()
-            });
+            .iter()
+            .filter_map(|lane| lane.oldest_queued_at)
+            .any(|at| age_seconds(now, at) > state.settings.worker.stall_after.as_secs_f64());
     Ok(Pipeline {
         workers: Some(live),
         stalled,

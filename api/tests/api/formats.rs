@@ -453,7 +453,8 @@ fn xlsx_xml(xlsx: &[u8]) -> String {
     let mut all = String::new();
     for i in 0..archive.len() {
         let mut file = archive.by_index(i).unwrap();
-        if file.name().starts_with("xl/worksheets/") || file.name() == "xl/sharedStrings.xml" {
+        let name = file.name().unwrap().into_owned();
+        if name.starts_with("xl/worksheets/") || name == "xl/sharedStrings.xml" {
             std::io::Read::read_to_string(&mut file, &mut all).unwrap();
         }
     }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod audit;
 mod auth;
+mod batches;
 mod business;
 mod cancel_retry;
 mod cli;

@@ -323,7 +323,13 @@ async fn the_worker_serves_its_own_health_and_metrics() {
         metrics.value("document_stage_seconds_count", &html("store")),
         3.0
     );
-    assert_eq!(metrics.value("document_queue_wait_seconds_count", &[]), 3.0);
+    assert_eq!(
+        metrics.value(
+            "document_queue_wait_seconds_count",
+            &[("lane", "interactive")]
+        ),
+        3.0
+    );
     assert_eq!(metrics.value("pdf_engine_restarts", &[]), 0.0);
     assert_eq!(
         app.metrics().await.get(

@@ -100,6 +100,9 @@ constraints! {
     /// An owner's `Idempotency-Key` already used.
     UqGeneratedDocumentsIdempotency: Unique, "uq_generated_documents_idempotency",
         "UNIQUE constraint failed: generated_documents.owner_id, generated_documents.idempotency_key";
+    /// An owner's `Idempotency-Key` already used for a batch.
+    UqDocumentBatchesIdempotency: Unique, "uq_document_batches_idempotency",
+        "UNIQUE constraint failed: document_batches.owner_id, document_batches.idempotency_key";
     /// A company name already taken.
     CompaniesNameKey: Unique, "companies_name_key",
         "UNIQUE constraint failed: companies.name";
@@ -311,6 +314,7 @@ mod tests {
             request_id: None,
             idempotency_key: Some(key),
             request_hash: None,
+            priority: crate::model::Priority::Interactive,
             lease_until: Utc::now(),
             preview: false,
         }
@@ -393,6 +397,20 @@ mod tests {
         documents.create(new_document(user.id, "k")).await.unwrap();
         let err = refused(documents.create(new_document(user.id, "k")).await);
         assert_refused_by(err, Constraint::UqGeneratedDocumentsIdempotency, &mut seen);
+        let batch = |key| crate::db::batches::NewBatch {
+            owner_id: user.id,
+            document_type: "attestation",
+            output_format: OutputFormat::Html,
+            template_version_id: None,
+            compress: false,
+            encrypt: false,
+            request_id: None,
+            idempotency_key: Some(key),
+            request_hash: None,
+        };
+        db.batches().create(batch("k"), &[]).await.unwrap();
+        let err = refused(db.batches().create(batch("k"), &[]).await);
+        assert_refused_by(err, Constraint::UqDocumentBatchesIdempotency, &mut seen);
 
         let company = db.companies().create(new_company("n", "c")).await.unwrap();
         let err = refused(db.companies().create(new_company("n", "other")).await);

@@ -9,13 +9,14 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{Db, DbResult, Page, SqlxResultExt, on_db};
-use crate::model::{Document, DocumentStatus, OutputFormat, Timings};
+use crate::model::{Document, DocumentStatus, OutputFormat, Priority, Timings};
 
-/// The documents list's filter: `$1` owner, `$2` status, `$3` policy, each optional.
-/// Previews are never listed.
+/// The documents list's filter: `$1` owner, `$2` status, `$3` policy, `$4` batch, each
+/// optional. Previews are never listed.
 macro_rules! list_filter {
     () => {
-        "preview = FALSE AND ($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR policy_id = $3)"
+        "preview = FALSE AND ($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR status = $2) \
+         AND ($3 IS NULL OR policy_id = $3) AND ($4 IS NULL OR batch_id = $4)"
     };
 }
 
@@ -23,9 +24,11 @@ macro_rules! columns {
     () => {
         "id, owner_id, document_type, status, output_format, mime_type, template_version_id, policy_id, \
          inline_context, compress, encrypt, attempts, error, storage_key, size_bytes, stored_bytes, checksum, \
-         timings, request_id, idempotency_key, request_hash, uses_template, preview, created_at, started_at, finished_at, updated_at"
+         timings, request_id, idempotency_key, request_hash, uses_template, preview, priority, batch_id, reference, \
+         created_at, started_at, finished_at, updated_at"
     };
 }
+pub(super) use columns;
 
 /// The fields of a document request.
 pub struct NewDocument<'a> {
@@ -41,7 +44,11 @@ pub struct NewDocument<'a> {
     /// The client's `Idempotency-Key`, and a hash of the request it came with.
     pub idempotency_key: Option<&'a str>,
     pub request_hash: Option<&'a str>,
-    /// When the reconciler may consider the queued job lost and enqueue it again.
+    /// Its lane. A bulk document waits without a lease until the feeder gives it a place
+    /// in the bulk window ([`Documents::take_bulk`]).
+    pub priority: Priority,
+    /// For an interactive document: when the reconciler may consider the queued job lost
+    /// and enqueue it again.
     pub lease_until: DateTime<Utc>,
     /// A template preview (see the `preview` column).
     pub preview: bool,
@@ -54,16 +61,28 @@ pub struct DocumentFilter {
     pub owner_id: Option<Uuid>,
     pub status: Option<DocumentStatus>,
     pub policy_id: Option<Uuid>,
+    pub batch_id: Option<Uuid>,
 }
 
-/// Documents waiting and running (previews left out).
+/// Documents waiting and running in one lane (previews left out).
 #[derive(Debug, Clone, Copy)]
-pub struct QueueState {
+pub struct LaneState {
+    pub lane: Priority,
     pub queued: i64,
     /// When the oldest queued document was asked for.
     pub oldest_queued_at: Option<DateTime<Utc>>,
     /// Documents a worker is rendering.
     pub in_flight: i64,
+}
+
+/// One owner's bulk work, as the feeder shares the bulk window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct OwnerLoad {
+    pub owner_id: Uuid,
+    /// Bulk documents on the queue or being rendered.
+    pub in_window: i64,
+    /// Bulk documents waiting for a place in the window.
+    pub waiting: i64,
 }
 
 /// How a finished attempt ended.
@@ -89,8 +108,8 @@ impl Documents<'_> {
         on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
             "INSERT INTO generated_documents (id, owner_id, document_type, status, output_format, mime_type, \
              template_version_id, policy_id, inline_context, compress, encrypt, attempts, request_id, \
-             idempotency_key, request_hash, lease_until, uses_template, preview, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, 0, $11, $13, $14, $15, $16, $17, $12, $12) RETURNING ",
+             idempotency_key, request_hash, lease_until, uses_template, preview, priority, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, 0, $11, $13, $14, $15, $16, $17, $18, $12, $12) RETURNING ",
             columns!()
         ))
         .bind(Uuid::now_v7())
@@ -107,9 +126,10 @@ impl Documents<'_> {
         .bind(now)
         .bind(new.idempotency_key)
         .bind(new.request_hash)
-        .bind(new.lease_until)
+        .bind((new.priority == Priority::Interactive).then_some(new.lease_until))
         .bind(new.template_version_id.is_some())
         .bind(new.preview)
+        .bind(new.priority.as_str())
         .fetch_one(pool)
         .await)
         .db()
@@ -147,11 +167,12 @@ impl Documents<'_> {
         let status = filter.status.map(DocumentStatus::as_str);
         on_db!(self.0, pool => {
             let items = sqlx::query_as::<_, Document>(concat!(
-                "SELECT ", columns!(), " FROM generated_documents WHERE ", list_filter!(), " ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5"
+                "SELECT ", columns!(), " FROM generated_documents WHERE ", list_filter!(), " ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
             ))
             .bind(filter.owner_id)
             .bind(status)
             .bind(filter.policy_id)
+            .bind(filter.batch_id)
             .bind(limit)
             .bind(offset)
             .fetch_all(pool)
@@ -164,6 +185,7 @@ impl Documents<'_> {
             .bind(filter.owner_id)
             .bind(status)
             .bind(filter.policy_id)
+            .bind(filter.batch_id)
             .fetch_one(pool)
             .await
             .db()?;
@@ -255,8 +277,9 @@ impl Documents<'_> {
     }
 
     /// Puts a `failed` or `cancelled` document back in `queued`, as new: attempts reset,
-    /// error and results cleared, a fresh lease until `lease_until`. Same id, so the same
-    /// object key. `None` when the document is in any other status.
+    /// error and results cleared, a fresh lease until `lease_until` (a bulk document gets
+    /// none: it waits for the feeder). Same id, so the same object key. `None` when the
+    /// document is in any other status.
     pub async fn resubmit(
         &self,
         id: Uuid,
@@ -265,7 +288,8 @@ impl Documents<'_> {
         on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
             "UPDATE generated_documents SET status = 'queued', attempts = 0, error = NULL, \
              storage_key = NULL, size_bytes = NULL, stored_bytes = NULL, checksum = NULL, timings = NULL, \
-             started_at = NULL, finished_at = NULL, lease_until = $3, updated_at = $2 \
+             started_at = NULL, finished_at = NULL, updated_at = $2, \
+             lease_until = CASE WHEN priority = 'bulk' THEN NULL ELSE $3 END \
              WHERE id = $1 AND status IN ('failed', 'cancelled') AND preview = FALSE RETURNING ",
             columns!()
         ))
@@ -476,31 +500,80 @@ impl Documents<'_> {
         .map(|n| n == 1)
     }
 
-    /// What the operators' queue view shows: documents queued (and the oldest one's
-    /// request time) and in flight. Previews are left out.
-    pub async fn queue_state(&self) -> DbResult<QueueState> {
-        on_db!(self.0, pool => {
-            let queued: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM generated_documents WHERE status = 'queued' AND preview = FALSE",
-            )
-            .fetch_one(pool)
-            .await
-            .db()?;
-            let oldest_queued_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-                "SELECT created_at FROM generated_documents WHERE status = 'queued' AND preview = FALSE \
-                 ORDER BY created_at LIMIT 1",
-            )
-            .fetch_optional(pool)
-            .await
-            .db()?;
-            let in_flight: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM generated_documents WHERE status = 'processing' AND preview = FALSE",
-            )
-            .fetch_one(pool)
-            .await
-            .db()?;
-            Ok(QueueState { queued, oldest_queued_at, in_flight })
-        })
+    /// What the operators' queue view shows, lane by lane: documents queued (and the
+    /// oldest one's request time) and in flight. Previews are left out.
+    pub async fn queue_state(&self) -> DbResult<Vec<LaneState>> {
+        let mut lanes = Vec::with_capacity(Priority::ALL.len());
+        for &lane in Priority::ALL {
+            let state = on_db!(self.0, pool => {
+                let queued: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM generated_documents WHERE status = 'queued' AND priority = $1 AND preview = FALSE",
+                )
+                .bind(lane.as_str())
+                .fetch_one(pool)
+                .await
+                .db()?;
+                let oldest_queued_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+                    "SELECT created_at FROM generated_documents WHERE status = 'queued' AND priority = $1 AND preview = FALSE \
+                     ORDER BY created_at LIMIT 1",
+                )
+                .bind(lane.as_str())
+                .fetch_optional(pool)
+                .await
+                .db()?;
+                let in_flight: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM generated_documents WHERE status = 'processing' AND priority = $1 AND preview = FALSE",
+                )
+                .bind(lane.as_str())
+                .fetch_one(pool)
+                .await
+                .db()?;
+                Ok::<_, super::DbError>(LaneState { lane, queued, oldest_queued_at, in_flight })
+            })?;
+            lanes.push(state);
+        }
+        Ok(lanes)
+    }
+
+    /// Each owner's bulk documents: in the window (on the queue or being rendered) and
+    /// waiting for a place in it.
+    pub async fn bulk_load(&self) -> DbResult<Vec<OwnerLoad>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, OwnerLoad>(
+            "SELECT owner_id, \
+             COUNT(CASE WHEN status = 'processing' OR lease_until IS NOT NULL THEN 1 END) AS in_window, \
+             COUNT(CASE WHEN status = 'queued' AND lease_until IS NULL THEN 1 END) AS waiting \
+             FROM generated_documents WHERE priority = 'bulk' AND status IN ('queued', 'processing') \
+             GROUP BY owner_id ORDER BY owner_id",
+        )
+        .fetch_all(pool)
+        .await)
+        .db()
+    }
+
+    /// Gives up to `limit` of `owner`'s waiting bulk documents, oldest first, a place in
+    /// the bulk window: a lease until `lease_until`, after which the reconciler would
+    /// enqueue them again. Returns their ids and request ids, to be enqueued. A document
+    /// another feeder took meanwhile is not taken twice.
+    pub async fn take_bulk(
+        &self,
+        owner: Uuid,
+        limit: i64,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<Vec<(Uuid, Option<String>)>> {
+        on_db!(self.0, pool => sqlx::query_as(
+            "UPDATE generated_documents SET lease_until = $3 WHERE id IN ( \
+                SELECT id FROM generated_documents \
+                WHERE owner_id = $1 AND priority = 'bulk' AND status = 'queued' AND lease_until IS NULL \
+                ORDER BY id LIMIT $2) \
+             AND status = 'queued' AND lease_until IS NULL \
+             RETURNING id, request_id",
+        )
+        .bind(owner)
+        .bind(limit)
+        .bind(lease_until)
+        .fetch_all(pool)
+        .await)
+        .db()
     }
 
     /// Documents finished since `since`, by minute (`YYYY-MM-DD HH:MM`, UTC) and status
@@ -559,6 +632,16 @@ impl Documents<'_> {
             .db()?;
             Ok((count, latest))
         })
+    }
+
+    /// How many documents wait in `queued`, in each lane.
+    pub async fn count_queued_by_lane(&self) -> DbResult<Vec<(String, i64)>> {
+        on_db!(self.0, pool => sqlx::query_as(
+            "SELECT priority, COUNT(*) FROM generated_documents WHERE status = 'queued' GROUP BY priority",
+        )
+        .fetch_all(pool)
+        .await)
+        .db()
     }
 
     /// How many documents wait in `queued`.

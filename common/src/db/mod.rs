@@ -15,6 +15,7 @@
 //! one they expect instead of matching on error kinds or messages.
 
 pub mod audit;
+pub mod batches;
 pub mod clients;
 pub mod companies;
 pub mod constraints;
@@ -469,6 +470,9 @@ impl Db {
     }
     pub fn audit(&self) -> audit::Audit<'_> {
         audit::Audit(self)
+    }
+    pub fn batches(&self) -> batches::Batches<'_> {
+        batches::Batches(self)
     }
     pub fn workers(&self) -> workers::Workers<'_> {
         workers::Workers(self)

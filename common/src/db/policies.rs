@@ -142,6 +142,43 @@ impl Policies<'_> {
         })
     }
 
+    /// The policy numbers of those of `ids` that exist and whose client is `owner`'s (when
+    /// given): a batch checks all its items' policies at once.
+    pub async fn numbers(
+        &self,
+        ids: &[Uuid],
+        owner: Option<Uuid>,
+    ) -> DbResult<Vec<(Uuid, String)>> {
+        match self.0.pool() {
+            super::Pool::Postgres(pool) => sqlx::query_as(
+                "SELECT p.id, p.policy_number FROM policies p JOIN clients c ON c.id = p.client_id \
+                 WHERE p.id = ANY($1) AND ($2::uuid IS NULL OR c.owner_id = $2)",
+            )
+            .bind(ids)
+            .bind(owner)
+            .fetch_all(pool)
+            .await
+            .db(),
+            // In process: one indexed lookup per policy costs microseconds.
+            super::Pool::Sqlite(pool) => {
+                let mut found = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let number: Option<(Uuid, String)> = sqlx::query_as(
+                        "SELECT p.id, p.policy_number FROM policies p JOIN clients c ON c.id = p.client_id \
+                         WHERE p.id = $1 AND ($2 IS NULL OR c.owner_id = $2)",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .fetch_optional(pool)
+                    .await
+                    .db()?;
+                    found.extend(number);
+                }
+                Ok(found)
+            }
+        }
+    }
+
     /// A policy, if it exists and its client is `owner`'s (when given).
     pub async fn get(&self, id: Uuid, owner: Option<Uuid>) -> DbResult<Option<Policy>> {
         on_db!(self.0, pool => sqlx::query_as::<_, Policy>(concat!(
