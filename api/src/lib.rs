@@ -129,12 +129,8 @@ impl AppInner {
                 let count = self
                     .db
                     .documents()
-                    .count_queued_by_lane()
-                    .await?
-                    .into_iter()
-                    .filter(|(lane, _)| lane == "interactive")
-                    .map(|(_, n)| n)
-                    .sum();
+                    .count_queued_in(common::model::Priority::Interactive)
+                    .await?;
                 *cached = Some((std::time::Instant::now(), count));
                 Ok(count)
             }

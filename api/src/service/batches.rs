@@ -20,7 +20,7 @@ use bytes::Bytes;
 use common::db::audit::AuditEvent;
 use common::db::batches::{NewBatch, NewItem};
 use common::db::policies::PolicyFilter;
-use common::model::{Batch, Document, DocumentStatus, OutputFormat, PolicyStatus};
+use common::model::{Batch, Document, DocumentStatus, OutputFormat, PolicyStatus, Priority};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::extract::{AuthUser, RequestMeta};
 use crate::service::access::Scope;
-use crate::service::documents::{self, Credential, Idempotency, SignedUrl};
+use crate::service::documents::{self, Admitted, Credential, Idempotency, SignedUrl};
 
 /// The longest `reference`.
 const MAX_REFERENCE_CHARS: usize = 100;
@@ -138,7 +138,7 @@ pub async fn submit(
             ));
         }
     };
-    let waiting = bulk_waiting(state).await?;
+    let waiting = state.db.documents().count_queued_in(Priority::Bulk).await?;
     if waiting + items.len() as i64 > state.settings.queue.max_queued_bulk {
         return Err(ApiError::unavailable(
             "unavailable",
@@ -180,16 +180,6 @@ pub async fn submit(
     let metadata = serde_json::json!({"total": items.len(), "format": format});
     audit(state, meta, caller, "batch_created", row.id, metadata).await;
     Ok(Accepted::Created(find(state, caller, row.id).await?))
-}
-
-/// Bulk documents waiting for a worker, for backpressure.
-async fn bulk_waiting(state: &AppState) -> ApiResult<i64> {
-    let by_lane = state.db.documents().count_queued_by_lane().await?;
-    Ok(by_lane
-        .into_iter()
-        .filter(|(lane, _)| lane == "bulk")
-        .map(|(_, n)| n)
-        .sum())
 }
 
 /// The batch an earlier request with this key made, if the request is the same.
@@ -460,16 +450,9 @@ pub async fn sign_link(
     id: Uuid,
     ttl_seconds: i64,
 ) -> ApiResult<SignedUrl> {
-    let max = state.settings.auth.signed_url_max_ttl as i64;
-    if !(1..=max).contains(&ttl_seconds) {
-        return Err(ApiError::invalid(
-            "ttl_seconds",
-            format!("must be between 1 and {max}"),
-        ));
-    }
+    let expires_at = documents::link_expiry(state, ttl_seconds)?;
     let batch = find(state, caller, id).await?;
     ensure_something_ready(&batch)?;
-    let expires_at = common::now() + chrono::Duration::seconds(ttl_seconds);
     let exp = expires_at.timestamp();
     let sig = state.keys.sign(batch.id, exp);
     let url = format!(
@@ -497,42 +480,15 @@ pub async fn archive(
     id: Uuid,
     credential: Credential,
 ) -> ApiResult<(Batch, BoxStream<'static, std::io::Result<Bytes>>)> {
-    let per_minute = state.settings.limits.download_rate_limit_per_minute;
-    let (batch, user_id, signed) = match credential {
-        Credential::User(user) => {
-            let batch = find(state, &user, id).await?;
-            let key = user.id().to_string();
-            state
-                .rate_limit(
-                    "download_user",
-                    &key,
-                    per_minute,
-                    common::limits::Spend::Take,
-                )
-                .await?;
-            (batch, user.id(), false)
-        }
-        Credential::Link { exp, sig } => {
-            let now = chrono::Utc::now().timestamp();
-            state.keys.verify(id, exp, &sig, now).map_err(|e| {
-                let detail = format!("{}.", documents::capitalise(&e.to_string()));
-                ApiError::forbidden("invalid_link", detail)
-            })?;
+    let (batch, user_id, signed) = match documents::admit(state, id, credential).await? {
+        Admitted::User(user) => (find(state, &user, id).await?, user.id(), false),
+        Admitted::Link => {
             let batch = state
                 .db
                 .batches()
                 .find(id, None)
                 .await?
                 .ok_or_else(|| ApiError::not_found("Batch not found."))?;
-            let link = format!("{id}:{sig}");
-            state
-                .rate_limit(
-                    "download_link",
-                    &link,
-                    per_minute,
-                    common::limits::Spend::Take,
-                )
-                .await?;
             let owner = batch.owner_id;
             (batch, owner, true)
         }

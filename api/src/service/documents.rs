@@ -651,32 +651,20 @@ pub async fn download(
     id: Uuid,
     credential: Credential,
 ) -> ApiResult<(Document, Opened)> {
-    let per_minute = state.settings.limits.download_rate_limit_per_minute;
-    let (doc, user_id, signed) = match credential {
-        Credential::User(user) => {
+    let (doc, user_id, signed) = match admit(state, id, credential).await? {
+        Admitted::User(user) => {
             let doc = Scope::of(&user).document(&state.db, id).await?;
-            let key = user.id().to_string();
-            state
-                .rate_limit("download_user", &key, per_minute, Spend::Take)
-                .await?;
             (doc, user.id(), false)
         }
-        Credential::Link { exp, sig } => {
-            let now = chrono::Utc::now().timestamp();
-            state.keys.verify(id, exp, &sig, now).map_err(|e| {
-                ApiError::forbidden("invalid_link", format!("{}.", capitalise(&e.to_string())))
-            })?;
+        Admitted::Link => {
             let doc = state
                 .db
                 .documents()
                 .get(id)
                 .await?
                 .ok_or_else(|| ApiError::not_found("Document not found."))?;
-            let link = format!("{id}:{sig}");
-            state
-                .rate_limit("download_link", &link, per_minute, Spend::Take)
-                .await?;
-            (doc.clone(), doc.owner_id, true)
+            let owner = doc.owner_id;
+            (doc, owner, true)
         }
     };
     let opened = open(state, &doc).await?;
@@ -685,7 +673,55 @@ pub async fn download(
     Ok((doc, opened))
 }
 
-pub fn capitalise(text: &str) -> String {
+/// Who a download of `id` (a document, or a batch's archive) is let through for.
+pub enum Admitted {
+    /// A bearer token's user; the caller checks that they may see `id`.
+    User(AuthUser),
+    /// A signed link for `id`, checked: it is the credential.
+    Link,
+}
+
+/// Checks a download's credential and takes one from its rate limit
+/// (`DOWNLOAD_RATE_LIMIT_PER_MINUTE`, per user for bearer downloads and per link for
+/// signed ones, so a shared link cannot pull without end). A signed link for another id,
+/// expired or tampered with is 403 `invalid_link`.
+pub async fn admit(state: &AppState, id: Uuid, credential: Credential) -> ApiResult<Admitted> {
+    let per_minute = state.settings.limits.download_rate_limit_per_minute;
+    match credential {
+        Credential::User(user) => {
+            let key = user.id().to_string();
+            state
+                .rate_limit("download_user", &key, per_minute, Spend::Take)
+                .await?;
+            Ok(Admitted::User(user))
+        }
+        Credential::Link { exp, sig } => {
+            let now = chrono::Utc::now().timestamp();
+            state.keys.verify(id, exp, &sig, now).map_err(|e| {
+                ApiError::forbidden("invalid_link", format!("{}.", capitalise(&e.to_string())))
+            })?;
+            let link = format!("{id}:{sig}");
+            state
+                .rate_limit("download_link", &link, per_minute, Spend::Take)
+                .await?;
+            Ok(Admitted::Link)
+        }
+    }
+}
+
+/// 422 unless `ttl_seconds` is 1 to `SIGNED_URL_MAX_TTL`; else when the link expires.
+pub fn link_expiry(state: &AppState, ttl_seconds: i64) -> ApiResult<chrono::DateTime<chrono::Utc>> {
+    let max = state.settings.auth.signed_url_max_ttl as i64;
+    if !(1..=max).contains(&ttl_seconds) {
+        return Err(ApiError::invalid(
+            "ttl_seconds",
+            format!("must be between 1 and {max}"),
+        ));
+    }
+    Ok(common::now() + chrono::Duration::seconds(ttl_seconds))
+}
+
+fn capitalise(text: &str) -> String {
     let mut chars = text.chars();
     chars
         .next()
@@ -709,16 +745,9 @@ pub async fn sign_link(
     id: Uuid,
     ttl_seconds: i64,
 ) -> ApiResult<SignedUrl> {
-    let max = state.settings.auth.signed_url_max_ttl as i64;
-    if !(1..=max).contains(&ttl_seconds) {
-        return Err(ApiError::invalid(
-            "ttl_seconds",
-            format!("must be between 1 and {max}"),
-        ));
-    }
+    let expires_at = link_expiry(state, ttl_seconds)?;
     let doc = Scope::of(caller).document(&state.db, id).await?;
     ensure_ready(&doc)?;
-    let expires_at = common::now() + chrono::Duration::seconds(ttl_seconds);
     let stored_plain = !doc.compress && !doc.encrypt;
     if state.settings.storage.signed_url_mode == SignedUrlMode::S3
         && stored_plain

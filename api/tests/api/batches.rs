@@ -104,25 +104,6 @@ async fn archive(app: &TestApp, url: &str, token: Option<&str>) -> reqwest::Resp
     request.send().await.unwrap()
 }
 
-async fn audited(app: &TestApp, admin: &str, action: &str, id: &str) -> bool {
-    let page: Value = app
-        .client
-        .get(app.url("/api/v1/audit-logs"))
-        .query(&[("action", action)])
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|entry| entry["object_id"] == id)
-}
-
 async fn a_batch_renders_its_items_and_streams_them_as_an_archive(app: &TestApp) {
     let admin = app.admin().await.access_token;
     let agent = app
@@ -354,7 +335,7 @@ async fn a_batch_renders_its_items_and_streams_them_as_an_archive(app: &TestApp)
         "download_batch_archive",
         "batch_deleted",
     ] {
-        assert!(audited(app, &admin, action, &id).await, "{action} audited");
+        assert!(app.audited(&admin, action, &id).await, "{action} audited");
     }
     let metrics = app.metrics().await;
     assert_eq!(
@@ -589,7 +570,7 @@ async fn cancelling_a_batch_cancels_its_queued_items(backend: Backend) {
         (json!(5), json!(0))
     );
     assert!(cancelled["finished_at"].is_string());
-    assert!(audited(&app, &admin, "batch_cancelled", &id).await);
+    assert!(app.audited(&admin, "batch_cancelled", &id).await);
 
     // A worker comes: the single bulk document is rendered, the cancelled items never are.
     let _worker = app.start_worker(&[]);

@@ -27,25 +27,6 @@ async fn document(app: &TestApp, token: &str, id: &str) -> Value {
         .unwrap()
 }
 
-async fn audited(app: &TestApp, admin: &str, action: &str, id: &str) -> bool {
-    let page: Value = app
-        .client
-        .get(app.url("/api/v1/audit-logs"))
-        .query(&[("action", action)])
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|entry| entry["object_id"] == id)
-}
-
 async fn a_cancelled_document_is_never_rendered(backend: Backend) {
     let app = spawn_app_with(backend, &[], false).await;
     let admin = app.admin().await.access_token;
@@ -85,7 +66,7 @@ async fn a_cancelled_document_is_never_rendered(backend: Backend) {
         let doc = document(&app, &agent, id).await;
         assert_eq!(doc["status"], "cancelled", "{doc}");
         assert_eq!(doc["attempts"], 0, "{doc}");
-        assert!(audited(&app, &admin, "document_cancelled", id).await);
+        assert!(app.audited(&admin, "document_cancelled", id).await);
     }
     let metrics = app.metrics().await;
     assert_eq!(
@@ -173,8 +154,8 @@ async fn failed_and_cancelled_documents_are_retried_under_the_same_id(backend: B
     let again = app.wait_for_document(&admin, &failing).await;
     assert_eq!(again["status"], "failed");
     assert_eq!(again["attempts"], 1, "{again}");
-    assert!(audited(&app, &admin, "document_retried", &failing).await);
-    assert!(audited(&app, &admin, "document_retried", &cancelled).await);
+    assert!(app.audited(&admin, "document_retried", &failing).await);
+    assert!(app.audited(&admin, "document_retried", &cancelled).await);
     assert_eq!(
         app.metrics().await.value(
             "documents_total",

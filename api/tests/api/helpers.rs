@@ -616,6 +616,26 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// Whether the audit log (read by `admin`) has an `action` entry on object `id`.
+    pub async fn audited(&self, admin: &str, action: &str, id: &str) -> bool {
+        let page: Value = self
+            .client
+            .get(self.url("/api/v1/audit-logs"))
+            .query(&[("action", action)])
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["object_id"] == id)
+    }
+
     /// Asks `/api/v1/ops/{what}` until `check` holds (a heartbeat or a drain takes its
     /// time), within 30 s.
     pub async fn until_ops(

@@ -644,6 +644,17 @@ impl Documents<'_> {
         .db()
     }
 
+    /// How many documents wait in `queued` in `lane`.
+    pub async fn count_queued_in(&self, lane: Priority) -> DbResult<i64> {
+        on_db!(self.0, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM generated_documents WHERE status = 'queued' AND priority = $1",
+        )
+        .bind(lane.as_str())
+        .fetch_one(pool)
+        .await)
+        .db()
+    }
+
     /// How many documents wait in `queued`.
     pub async fn count_queued(&self) -> DbResult<i64> {
         on_db!(self.0, pool => sqlx::query_scalar("SELECT COUNT(*) FROM generated_documents WHERE status = 'queued'")
