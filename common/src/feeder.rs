@@ -69,12 +69,11 @@ pub async fn top_up(
     window: i64,
     queued_lease: Duration,
 ) -> anyhow::Result<usize> {
-    let loads = db.documents().bulk_load().await?;
-    let in_window: i64 = loads.iter().map(|l| l.in_window).sum();
-    let room = window.max(1) - in_window;
-    if room <= 0 || loads.iter().all(|l| l.waiting == 0) {
+    let room = window.max(1) - db.documents().bulk_in_window().await?;
+    if room <= 0 {
         return Ok(0);
     }
+    let loads = db.documents().bulk_waiting(room).await?;
     let lease_until = crate::now() + queued_lease;
     let mut pushed = 0;
     for (owner, places) in share(room, &loads) {
@@ -212,6 +211,99 @@ mod tests {
             }
             assert!((a.0 - b.0).abs() <= 1, "{a:?} {b:?}");
         }
+    }
+
+    /// Two agents with six bulk documents each: top-ups of a window of 3, then of 7, share
+    /// the places between them, push what they give, and give nothing past the window.
+    async fn a_top_up_shares_the_window_between_owners(db: &Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_str().unwrap().to_owned();
+        let settings = crate::Settings::from_lookup(|key| match key {
+            "DATA_DIR" => Some(data_dir.clone()),
+            _ => None,
+        })
+        .unwrap();
+        let queue = JobQueue::connect(&settings, None).await.unwrap();
+        let mut owners = Vec::new();
+        for email in ["a@example.com", "b@example.com"] {
+            let user = db
+                .users()
+                .create(crate::db::users::NewUser {
+                    email,
+                    full_name: None,
+                    hashed_password: "x",
+                    role: crate::model::Role::Agent,
+                    is_active: true,
+                })
+                .await
+                .unwrap();
+            owners.push(user.id);
+        }
+        owners.sort();
+        let context = serde_json::json!({});
+        for &owner_id in &owners {
+            for _ in 0..6 {
+                let new = crate::db::documents::NewDocument {
+                    owner_id,
+                    document_type: "attestation",
+                    output_format: crate::model::OutputFormat::Html,
+                    template_version_id: None,
+                    policy_id: None,
+                    inline_context: &context,
+                    compress: false,
+                    encrypt: false,
+                    request_id: None,
+                    idempotency_key: None,
+                    request_hash: None,
+                    priority: crate::model::Priority::Bulk,
+                    lease_until: crate::now(),
+                    preview: false,
+                };
+                db.documents().create(new).await.unwrap();
+            }
+        }
+        let lease = Duration::from_secs(600);
+        let loads = |cap| async move {
+            let loads = db.documents().bulk_waiting(cap).await.unwrap();
+            loads
+                .iter()
+                .map(|l| (l.owner_id, l.in_window, l.waiting))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            loads(100).await,
+            [(owners[0], 0, 6), (owners[1], 0, 6)],
+            "bulk documents wait, none in the window"
+        );
+        assert_eq!(top_up(db, &queue, 3, lease).await.unwrap(), 3);
+        assert_eq!(db.documents().bulk_in_window().await.unwrap(), 3);
+        assert_eq!(loads(100).await, [(owners[0], 2, 4), (owners[1], 1, 5)]);
+        assert_eq!(top_up(db, &queue, 7, lease).await.unwrap(), 4);
+        assert_eq!(loads(100).await, [(owners[0], 4, 2), (owners[1], 3, 3)]);
+        assert_eq!(
+            loads(2).await,
+            [(owners[0], 4, 2), (owners[1], 3, 2)],
+            "waiting counted up to the cap"
+        );
+        assert_eq!(
+            top_up(db, &queue, 7, lease).await.unwrap(),
+            0,
+            "the window is full"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_top_up_shares_the_window_between_owners_on_sqlite() {
+        a_top_up_shares_the_window_between_owners(&crate::db::fixtures::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn a_top_up_shares_the_window_between_owners_on_postgres() {
+        let Some(pg) = crate::db::fixtures::postgres().await else {
+            return;
+        };
+        a_top_up_shares_the_window_between_owners(&pg.db).await;
+        pg.drop().await;
     }
 
     #[tokio::test(start_paused = true)]

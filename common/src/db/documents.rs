@@ -20,6 +20,22 @@ macro_rules! list_filter {
     };
 }
 
+/// A bulk document in the window: on the queue (its lease set by the feeder) or rendering.
+/// The same predicate as the partial index `ix_generated_documents_bulk_window`.
+macro_rules! bulk_in_window {
+    () => {
+        "priority = 'bulk' AND status IN ('queued', 'processing') AND lease_until IS NOT NULL"
+    };
+}
+
+/// A bulk document waiting for the feeder; the predicate of the partial index
+/// `ix_generated_documents_bulk_waiting`.
+macro_rules! bulk_waiting {
+    () => {
+        "priority = 'bulk' AND status = 'queued' AND lease_until IS NULL"
+    };
+}
+
 macro_rules! columns {
     () => {
         "id, owner_id, document_type, status, output_format, mime_type, template_version_id, policy_id, \
@@ -535,16 +551,39 @@ impl Documents<'_> {
         Ok(lanes)
     }
 
-    /// Each owner's bulk documents: in the window (on the queue or being rendered) and
-    /// waiting for a place in it.
-    pub async fn bulk_load(&self) -> DbResult<Vec<OwnerLoad>> {
-        on_db!(self.0, pool => sqlx::query_as::<_, OwnerLoad>(
-            "SELECT owner_id, \
-             COUNT(CASE WHEN status = 'processing' OR lease_until IS NOT NULL THEN 1 END) AS in_window, \
-             COUNT(CASE WHEN status = 'queued' AND lease_until IS NULL THEN 1 END) AS waiting \
-             FROM generated_documents WHERE priority = 'bulk' AND status IN ('queued', 'processing') \
-             GROUP BY owner_id ORDER BY owner_id",
-        )
+    /// How many bulk documents are in the window: on the queue or being rendered (read
+    /// from the partial index over just those rows).
+    pub async fn bulk_in_window(&self) -> DbResult<i64> {
+        on_db!(self.0, pool => sqlx::query_scalar(concat!(
+            "SELECT COUNT(*) FROM generated_documents WHERE ", bulk_in_window!()
+        ))
+        .fetch_one(pool)
+        .await)
+        .db()
+    }
+
+    /// The owners with bulk documents waiting for a place in the window, by owner id: how
+    /// many each has in the window, and how many wait (counted up to `cap`, the room to
+    /// share: more makes no difference to the share). The owners are found by skipping
+    /// through the waiting documents' index one owner at a time, so a top-up costs a few
+    /// index probes per owner, not a scan of every waiting document.
+    pub async fn bulk_waiting(&self, cap: i64) -> DbResult<Vec<OwnerLoad>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, OwnerLoad>(concat!(
+            "WITH RECURSIVE owners(owner_id) AS ( \
+                SELECT (SELECT owner_id FROM generated_documents WHERE ", bulk_waiting!(), " \
+                        ORDER BY owner_id LIMIT 1) \
+                UNION ALL \
+                SELECT (SELECT g.owner_id FROM generated_documents g WHERE ", bulk_waiting!(), " \
+                        AND g.owner_id > o.owner_id ORDER BY g.owner_id LIMIT 1) \
+                FROM owners o WHERE o.owner_id IS NOT NULL) \
+             SELECT o.owner_id, \
+                (SELECT COUNT(*) FROM generated_documents g WHERE g.owner_id = o.owner_id AND ",
+                bulk_in_window!(), ") AS in_window, \
+                (SELECT COUNT(*) FROM (SELECT 1 FROM generated_documents g WHERE g.owner_id = o.owner_id AND ",
+                bulk_waiting!(), " LIMIT $1) capped) AS waiting \
+             FROM owners o WHERE o.owner_id IS NOT NULL ORDER BY o.owner_id"
+        ))
+        .bind(cap)
         .fetch_all(pool)
         .await)
         .db()
@@ -554,20 +593,38 @@ impl Documents<'_> {
     /// the bulk window: a lease until `lease_until`, after which the reconciler would
     /// enqueue them again. Returns their ids and request ids, to be enqueued. A document
     /// another feeder took meanwhile is not taken twice.
+    ///
+    /// On Postgres the candidates are locked with `SKIP LOCKED`: feeders topping up at the
+    /// same moment take different documents instead of queueing on each other's row locks
+    /// (measured without it: claims of the documents just pushed waited ~90 ms behind a
+    /// convoy of top-ups, and a 10,000-item batch ran at 194/s). SQLite has one writer at a
+    /// time and no row locks.
     pub async fn take_bulk(
         &self,
         owner: Uuid,
         limit: i64,
         lease_until: DateTime<Utc>,
     ) -> DbResult<Vec<(Uuid, Option<String>)>> {
-        on_db!(self.0, pool => sqlx::query_as(
-            "UPDATE generated_documents SET lease_until = $3 WHERE id IN ( \
-                SELECT id FROM generated_documents \
-                WHERE owner_id = $1 AND priority = 'bulk' AND status = 'queued' AND lease_until IS NULL \
-                ORDER BY id LIMIT $2) \
-             AND status = 'queued' AND lease_until IS NULL \
-             RETURNING id, request_id",
-        )
+        let sql = match self.0.pool() {
+            // The locking subquery in a CTE: Postgres runs it once. Inside `IN (…)` it may
+            // run it again for each row the outer scan meets (seen: one top-up, 31 s).
+            super::Pool::Postgres(_) => concat!(
+                "WITH picked AS (SELECT id FROM generated_documents WHERE owner_id = $1 AND ",
+                bulk_waiting!(),
+                " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE generated_documents g SET lease_until = $3 FROM picked WHERE g.id = picked.id \
+                 RETURNING g.id, g.request_id"
+            ),
+            super::Pool::Sqlite(_) => concat!(
+                "UPDATE generated_documents SET lease_until = $3 WHERE id IN ( \
+                    SELECT id FROM generated_documents WHERE owner_id = $1 AND ",
+                bulk_waiting!(),
+                " ORDER BY id LIMIT $2) AND ",
+                bulk_waiting!(),
+                " RETURNING id, request_id"
+            ),
+        };
+        on_db!(self.0, pool => sqlx::query_as(sql)
         .bind(owner)
         .bind(limit)
         .bind(lease_until)

@@ -20,6 +20,8 @@ pub mod clients;
 pub mod companies;
 pub mod constraints;
 pub mod documents;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod policies;
 pub mod session_cache;
 pub mod sessions;
