@@ -202,6 +202,10 @@ const DATABASE_PATIENCE: Duration = Duration::from_secs(300);
 /// documents back.
 const ABANDON_WAIT: Duration = Duration::from_secs(5);
 
+/// How often the SQLite queue's finished jobs are deleted (see
+/// [`JobQueue::prune_finished`]): each acknowledgement costs in proportion to what is left.
+const QUEUE_PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long the worker registry remembers a worker it no longer hears from.
 const WORKER_MEMORY: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
@@ -355,13 +359,15 @@ async fn heartbeat(deps: &Deps, id: uuid::Uuid, silent: &mut bool) {
     }
 }
 
-/// The reconciler every `RECONCILE_INTERVAL_MS`, and orphan purge, the preview sweep and
-/// retention every
+/// The heartbeat, the queue's pruning, the reconciler every `RECONCILE_INTERVAL_MS`, and
+/// orphan purge, the preview sweep and retention every
 /// `MAINTENANCE_INTERVAL_SECONDS`, until `stop`.
 async fn periodic_tasks(deps: Arc<Deps>, id: uuid::Uuid, mut stop: watch::Receiver<bool>) {
     let mut beat = tokio::time::interval(deps.settings.worker.heartbeat_interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut silent = false;
+    let mut prune = tokio::time::interval(QUEUE_PRUNE_INTERVAL);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval(deps.settings.worker.reconcile_interval);
     let mut maintenance = tokio::time::interval(deps.settings.worker.maintenance_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -373,6 +379,11 @@ async fn periodic_tasks(deps: Arc<Deps>, id: uuid::Uuid, mut stop: watch::Receiv
         tokio::select! {
             _ = stop.changed() => return,
             _ = beat.tick() => heartbeat(&deps, id, &mut silent).await,
+            _ = prune.tick() => {
+                if let Err(err) = deps.queue.prune_finished().await {
+                    warn!(error = %format!("{err:#}"), "cannot prune the queue");
+                }
+            }
             _ = reconcile.tick() => {
                 match maintenance::reconcile(&deps.db, &deps.queue, deps.settings.queue.queued_lease).await {
                     Ok(0) => {}
