@@ -77,7 +77,7 @@ pub async fn process(deps: &Deps, job: &RenderJob) -> anyhow::Result<()> {
 }
 
 /// Runs the attempt `doc`'s claim started, to a finished or requeued row.
-async fn process_claimed(deps: &Deps, doc: Document) -> anyhow::Result<()> {
+async fn process_claimed(deps: &Deps, mut doc: Document) -> anyhow::Result<()> {
     let settings = &deps.settings;
     let attempt = doc.attempts;
     let format = doc.output_format.as_str();
@@ -98,15 +98,17 @@ async fn process_claimed(deps: &Deps, doc: Document) -> anyhow::Result<()> {
     }
     info!(attempt, format, "rendering");
 
-    let result =
-        match tokio::time::timeout(settings.worker.job_timeout, render_and_store(deps, &doc)).await
-        {
-            Ok(result) => result,
-            Err(_) => Err(JobError::Transient(anyhow::anyhow!(
-                "the job took longer than {} s",
-                settings.worker.job_timeout.as_secs()
-            ))),
-        };
+    // The context moves into the render rather than being copied: a 100,000-row export is
+    // tens of megabytes once parsed, and each copy counted in the worker's peak.
+    let inline_context = std::mem::take(&mut doc.inline_context.0);
+    let job = render_and_store(deps, &doc, inline_context);
+    let result = match tokio::time::timeout(settings.worker.job_timeout, job).await {
+        Ok(result) => result,
+        Err(_) => Err(JobError::Transient(anyhow::anyhow!(
+            "the job took longer than {} s",
+            settings.worker.job_timeout.as_secs()
+        ))),
+    };
     match result {
         Ok(stored) => {
             let won = deps
@@ -211,7 +213,11 @@ struct Stored {
     timings: Timings,
 }
 
-async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobError> {
+async fn render_and_store(
+    deps: &Deps,
+    doc: &Document,
+    inline_context: serde_json::Value,
+) -> Result<Stored, JobError> {
     let mut timings = Timings {
         queue_ms: doc
             .started_at
@@ -251,7 +257,7 @@ async fn render_and_store(deps: &Deps, doc: &Document) -> Result<Stored, JobErro
         }
         None => (None, Default::default()),
     };
-    let context = render_context(&deps.db, doc).await?;
+    let context = render_context(&deps.db, doc, inline_context).await?;
     let bytes = render_bytes(
         &deps.pdf,
         &deps.settings,
@@ -411,7 +417,7 @@ pub async fn render_bytes(
         }
         OutputFormat::Xlsx => {
             let xlsx = blocking(move || {
-                template::xlsx::render_xlsx(source.as_deref(), &context, fuel, limit)
+                template::xlsx::render_xlsx(source.as_deref(), context, fuel, limit)
             })
             .await??;
             Ok(Bytes::from(xlsx))
@@ -439,13 +445,14 @@ fn seal_error(err: envelope::EnvelopeError) -> JobError {
 pub async fn render_context(
     db: &common::db::Db,
     doc: &Document,
+    inline_context: serde_json::Value,
 ) -> Result<serde_json::Value, common::db::DbError> {
     let parties = match doc.policy_id {
         Some(policy_id) => db.policies().parties(policy_id).await?,
         None => None,
     };
     Ok(template_context(
-        &doc.inline_context.0,
+        inline_context,
         serde_json::json!({
             "id": doc.id,
             "document_type": doc.document_type,
@@ -459,7 +466,7 @@ pub async fn render_context(
 /// The context for `inline_context`, a `document` description and a policy's parties.
 /// A company's `api_key` never reaches a template: the model does not serialise it.
 pub fn template_context(
-    inline_context: &serde_json::Value,
+    inline_context: serde_json::Value,
     document: serde_json::Value,
     parties: Option<&PolicyParties>,
 ) -> serde_json::Value {
@@ -471,14 +478,15 @@ pub fn template_context(
         ),
         None => Default::default(),
     };
-    serde_json::json!({
-        "inline_context": inline_context,
-        "policy": policy,
-        "client": client,
-        "company": company,
-        "document": document,
-        "now": common::now(),
-    })
+    // Built by moving the values in: `json!` would copy the inline context.
+    let mut context = serde_json::Map::new();
+    context.insert("inline_context".into(), inline_context);
+    context.insert("policy".into(), policy);
+    context.insert("client".into(), client);
+    context.insert("company".into(), company);
+    context.insert("document".into(), document);
+    context.insert("now".into(), serde_json::json!(common::now()));
+    serde_json::Value::Object(context)
 }
 
 #[cfg(test)]

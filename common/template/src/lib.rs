@@ -5,6 +5,7 @@
 //! - this module: [`RenderError`], the readable reason a template cannot be rendered;
 //!   HTML rendering with minijinja ([`render_html`]) and its parse-only check
 //!   ([`check_syntax`]); the built-in layout ([`BUILTIN_HTML`]).
+//! - [`json_view`]: a JSON context read by templates in place, not converted whole.
 //! - [`layout`]: a PDF's page layout from a template's `options`.
 //! - [`xlsx`]: sheet specs, checked ([`xlsx::check_spec`]) and rendered to workbooks.
 //!
@@ -17,6 +18,7 @@
 //! prints as text. Every render gets a fuel budget: a runaway loop runs out of fuel and
 //! fails its job with a readable reason instead of spinning a worker forever.
 
+pub mod json_view;
 pub mod layout;
 pub mod xlsx;
 
