@@ -222,8 +222,11 @@ impl Application {
         let state = self.state.clone();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let worker = self.embedded_worker.then(|| {
+            // The in-process worker signs webhook download links on this API's address.
+            let mut settings = state.settings.clone();
+            settings.http.public_base_url = Some(state.public_base_url.clone());
             let deps = Arc::new(worker::Deps::new(
-                state.settings.clone(),
+                settings,
                 state.db.clone(),
                 state.storage.clone(),
                 state.metrics.clone(),

@@ -44,6 +44,8 @@ use crate::AppState;
         (name = "documents", description = "Generation, status, signed links and downloads"),
         (name = "batches", description = "Many documents in one request: progress, cancel, retry and a streamed ZIP archive. \
             Items wait in the bulk lane: interactive documents go first, and bulk work is shared fairly between owners"),
+        (name = "webhooks", description = "Signed events (Standard Webhooks) posted to your endpoints: `document.ready`, \
+            `document.failed`, `batch.completed`; retried from the database with backoff, logged, and redeliverable"),
         (name = "audit", description = "The audit log (managers and admins)"),
         (name = "operations", description = "Health and metrics"),
     )

@@ -16,6 +16,8 @@
 //!   fairly between owners.
 //! - [`maintenance`]: the reconciler (lost jobs), orphan purge, preview sweep, retention.
 //! - [`telemetry`]: logging set-up and the Prometheus registry.
+//! - [`webhooks`]: Standard Webhooks secrets and signatures, events, and the destination
+//!   rule (no private networks).
 //!
 //! This crate knows nothing of HTTP or rendering: those live in `api` and `worker` (and
 //! what a template is, in the `template` crate beside this one).
@@ -32,6 +34,7 @@ pub mod settings;
 pub mod signing;
 pub mod storage;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use db::Db;
 pub use settings::Settings;

@@ -77,6 +77,8 @@ pub struct Settings {
     pub pdf: PdfSettings,
     /// Login-attempt and per-IP rate limits.
     pub limits: LimitSettings,
+    /// Webhook deliveries: timeouts, retries, destinations.
+    pub webhooks: WebhookSettings,
 }
 
 /// Logging.
@@ -325,6 +327,63 @@ pub struct LimitSettings {
     pub download_rate_limit_per_minute: u32,
 }
 
+/// Webhook deliveries.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `WEBHOOK_TIMEOUT_SECONDS`: how long an endpoint has to answer one delivery.
+    pub timeout: Duration,
+    /// `WEBHOOK_RETRY_SCHEDULE`: seconds between a failed attempt and the next, separated
+    /// by commas; after the last, the delivery is `failed`.
+    pub retry_schedule: Vec<Duration>,
+    /// `WEBHOOK_ALLOW_PRIVATE_NETWORKS`: let deliveries go to loopback, private and
+    /// link-local addresses, and over plain `http` (tests, private deployments).
+    pub allow_private_networks: bool,
+    /// `WEBHOOK_LINK_TTL`: how long the signed `download_url` of `document.ready` lives.
+    pub link_ttl: Duration,
+    /// `WEBHOOK_SECRET_OVERLAP_SECONDS`: how long a rotated-out secret keeps signing
+    /// beside the new one.
+    pub secret_overlap: Duration,
+    /// `WEBHOOK_CONCURRENCY`: deliveries one worker sends at once (at least 1).
+    pub concurrency: usize,
+    /// `WEBHOOK_POLL_MS`: how often a worker looks for due deliveries.
+    pub poll_interval: Duration,
+    /// `WEBHOOK_LOG_RETENTION_DAYS`: sent and given-up deliveries older than this leave
+    /// the delivery log.
+    pub log_retention_days: u32,
+}
+
+impl WebhookSettings {
+    fn from_env(env: &Env) -> anyhow::Result<Self> {
+        let raw = env.string(
+            "WEBHOOK_RETRY_SCHEDULE",
+            "5,300,1800,7200,18000,36000,36000",
+        );
+        let retry_schedule = raw
+            .split(',')
+            .map(|s| s.trim().parse::<u64>().map(Duration::from_secs))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "WEBHOOK_RETRY_SCHEDULE={raw:?} must be whole seconds separated by commas"
+                )
+            })?;
+        let concurrency: usize = env.value("WEBHOOK_CONCURRENCY", "16")?;
+        if concurrency == 0 {
+            bail!("WEBHOOK_CONCURRENCY must be at least 1");
+        }
+        Ok(WebhookSettings {
+            timeout: env.seconds("WEBHOOK_TIMEOUT_SECONDS", "10")?,
+            retry_schedule,
+            allow_private_networks: env.flag("WEBHOOK_ALLOW_PRIVATE_NETWORKS", false)?,
+            link_ttl: env.seconds("WEBHOOK_LINK_TTL", "3600")?,
+            secret_overlap: env.seconds("WEBHOOK_SECRET_OVERLAP_SECONDS", "86400")?,
+            concurrency,
+            poll_interval: env.millis("WEBHOOK_POLL_MS", "200")?,
+            log_retention_days: env.value("WEBHOOK_LOG_RETENTION_DAYS", "30")?,
+        })
+    }
+}
+
 impl Settings {
     /// Reads `.env` (if present) into the process environment, then builds the settings
     /// from it.
@@ -349,6 +408,7 @@ impl Settings {
             worker: WorkerSettings::from_env(&env)?,
             pdf: PdfSettings::from_env(&env)?,
             limits: LimitSettings::from_env(&env)?,
+            webhooks: WebhookSettings::from_env(&env)?,
             environment,
             data_dir,
         })

@@ -66,6 +66,14 @@ pub struct BatchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The event type (`document.ready`, …).
+    pub event: String,
+    /// `succeeded`, `retried` (an attempt failed, another follows) or `failed` (given up).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     pub format: String,
     pub stage: String,
@@ -105,6 +113,12 @@ pub struct Metrics {
     /// Requests refused with 429, by limiter scope (`login_ip`, `login_account`, `auth`,
     /// `default`, `download_user`, `download_link`).
     pub rate_limited: Family<ScopeLabels, Counter>,
+    /// Webhook delivery attempts, by event and outcome.
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
+    /// How long endpoints took to answer an attempt (or to fail it).
+    pub webhook_duration: Histogram,
+    /// Webhook deliveries not yet sent or given up.
+    pub webhook_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -206,8 +220,29 @@ impl Metrics {
             "Documents accepted while the queue refused their job, enqueued once it answered",
             deferred.clone(),
         );
+        let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
+        let webhook_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let webhook_pending = Gauge::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by event and outcome (succeeded, retried, failed)",
+            webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_delivery_duration_seconds",
+            "Time from sending a webhook delivery to its endpoint's answer (or the attempt's failure)",
+            webhook_duration.clone(),
+        );
+        registry.register(
+            "webhook_deliveries_pending",
+            "Webhook deliveries waiting to be sent or retried",
+            webhook_pending.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            webhook_deliveries,
+            webhook_duration,
+            webhook_pending,
             queue_wait,
             lane_depth,
             batches,
@@ -288,6 +323,17 @@ impl Metrics {
                 scope: scope.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a webhook delivery attempt and how long it took.
+    pub fn webhook_attempt(&self, event: &str, outcome: &str, seconds: f64) {
+        self.webhook_deliveries
+            .get_or_create(&WebhookLabels {
+                event: event.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.webhook_duration.observe(seconds);
     }
 
     /// Records the time one stage of a job took.

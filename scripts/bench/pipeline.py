@@ -12,6 +12,8 @@ Scenarios (--scenarios, comma-separated; default all):
   download  API RSS growth while streaming a 50 MB encrypted document (embedded)
   batch     a 10,000-item batch: accepted, all ready, interactive documents beside it,
             two agents' batches shared fairly, its archive streamed (both deployments)
+  webhook   1,000 documents with a document.ready delivery each to a receiver on
+            loopback: delivery lag and CPU per document, webhooks on vs off (both)
 
 With --baseline REV (the wrapper builds REV's binaries into $BENCH_BASELINE_BIN_DIR), the
 html scenario runs as same-run pairs: per deployment REV's binaries and the current ones
@@ -335,12 +337,14 @@ def html_sync_loop(args, run_dir: Path, bins: Binaries = CURRENT) -> tuple[dict,
 HTML_LABELS = {"embedded": "embedded (SQLite)", "postgres": "Postgres + Redis"}
 
 
-def html_start(run_dir: Path, mode: str, bins: Binaries = CURRENT, suffix: str = "") -> tuple[Deployment, Store, str]:
+def html_start(run_dir: Path, mode: str, bins: Binaries = CURRENT, suffix: str = "",
+               env: dict[str, str] | None = None) -> tuple[Deployment, Store, str]:
     """Starts the HTML scenario's deployment of `mode` (embedded: `all`; Postgres + Redis:
-    `serve` and two workers) and creates its template. Returns it, its store and the
-    template's id; stop it with deployment.stop()."""
+    `serve` and two workers), with `env` added to its configuration, and creates its
+    template. Returns it, its store and the template's id; stop it with
+    deployment.stop()."""
     postgres = mode == "postgres"
-    extra = {"WORKER_CONCURRENCY": "8", "WORKER_POLL_MS": "10"}
+    extra = {"WORKER_CONCURRENCY": "8", "WORKER_POLL_MS": "10", **(env or {})}
     deployment, store = new_deployment(run_dir, f"html-{mode}{suffix}", extra, postgres, bins)
     try:
         deployment.start_api("serve" if postgres else "all")
@@ -1252,21 +1256,158 @@ def scenario_batch(args, run_dir: Path) -> Section:
     return section
 
 
+class HookReceiver:
+    """A webhook endpoint on loopback, in this process: answers 204 at once and records
+    when each delivery arrived, by the document it is about."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        arrivals: dict[str, float] = {}
+        lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                at = time.time()
+                try:
+                    doc_id = json.loads(body)["data"]["id"]
+                except (ValueError, KeyError, TypeError):
+                    doc_id = None
+                if doc_id:
+                    with lock:
+                        arrivals.setdefault(doc_id, at)
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.arrivals, self.lock = arrivals, lock
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def received(self, ids: set[str]) -> dict[str, float]:
+        with self.lock:
+            return {i: t for i, t in self.arrivals.items() if i in ids}
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+PLATFORM_GROUPS = ("API process", "worker processes", "Postgres", "Redis")
+
+
+def scenario_webhook(args, run_dir: Path) -> Section:
+    section = Section("6. Webhooks: a document.ready delivery per document, to one endpoint on loopback")
+    count = 200 if args.quick else 1000
+    rows = {}
+    for mode in ("postgres", "embedded"):
+        label = HTML_LABELS[mode]
+        deployment = None
+        receiver = HookReceiver()
+        try:
+            env = {"WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true"}
+            deployment, store, template_id = html_start(run_dir, mode, suffix="-webhook", env=env)
+            section.commands.append(
+                f"# {label}: environment\n{shown_env(deployment.env)}\n"
+                + "\n".join(CURRENT.shown(c) for c in deployment.commands)
+            )
+            agent = batch_agent(deployment, "hooks-agent@example.com")
+            status, endpoint = benchlib.http("POST", deployment.base + "/api/v1/webhooks", agent,
+                                             {"url": receiver.url, "events": ["document.ready"]})
+            benchlib.expect(status, 201, "create a webhook endpoint", endpoint)
+            endpoint_url = f"{deployment.base}/api/v1/webhooks/{endpoint['id']}"
+            # Same-run pairs, in the order plain, hooks, hooks, plain: drift hits both alike.
+            results: dict[str, list[dict]] = {"plain": [], "hooks": []}
+            for n, kind in enumerate(("plain", "hooks", "hooks", "plain")):
+                status, body = benchlib.http("PATCH", endpoint_url, agent, {"is_active": kind == "hooks"})
+                benchlib.expect(status, 200, "turn the endpoint on or off", body)
+                document_type = f"hooks-{n}"
+                log(f"{deployment.name}: {count:,} documents, webhooks {'on' if kind == 'hooks' else 'off'}")
+                cpu = CpuWindow().start()
+                started = time.time()
+                batch, _ = submit_batch(deployment, agent, batch_body(template_id, document_type, count))
+                wait_batch(deployment, agent, batch["id"])
+                ids: set[str] = set()
+                offset = 0
+                while True:
+                    status, page = benchlib.http(
+                        "GET", f"{deployment.base}/api/v1/document-batches/{batch['id']}/documents?limit=200&offset={offset}",
+                        agent)
+                    benchlib.expect(status, 200, "list the batch's documents", page)
+                    ids.update(d["id"] for d in page["items"])
+                    offset += 200
+                    if offset >= page["total"]:
+                        break
+                received: dict[str, float] = {}
+                if kind == "hooks":
+                    deadline = time.monotonic() + 120
+                    while len(received := receiver.received(ids)) < len(ids):
+                        deployment.check_alive()
+                        if time.monotonic() > deadline:
+                            raise BenchError(f"{len(received)} of {len(ids)} deliveries after 120 s")
+                        time.sleep(0.01)
+                stats = cpu.stop()
+                last_ready = max(f for s, _, f, _ in store.rows(document_type) if s == "ready")
+                platform_s = sum(stats["groups"].get(g, 0.0) for g in PLATFORM_GROUPS)
+                results[kind].append(dict(
+                    span=last_ready - started,
+                    cpu_ms=1000.0 * platform_s / count,
+                    lag=(max(received.values()) - last_ready) if received else None,
+                    groups=stats["groups"],
+                ))
+            rows[mode] = dict(label=label, **results)
+        finally:
+            receiver.close()
+            if deployment is not None:
+                deployment.stop()
+
+    for mode, r in rows.items():
+        label = r["label"]
+        plain = statistics.mean(x["cpu_ms"] for x in r["plain"])
+        hooks = statistics.mean(x["cpu_ms"] for x in r["hooks"])
+        lag = max(x["lag"] for x in r["hooks"])
+        section.row(f"{label}: last delivery received after the last document was ready",
+                    f"{lag:.2f} s", "≤ 5 s", "—", "—", lag <= 5.0)
+        added = hooks / plain - 1.0
+        section.row(f"{label}: CPU per document (API, workers, Postgres, Redis), webhooks on vs off",
+                    f"{hooks:.2f} ms vs {plain:.2f} ms", "≤ +10%",
+                    f"webhooks off, same deployment: {plain:.2f} ms", f"{100 * added:+.0f}%", added <= 0.10)
+        spans = ", ".join(f"{x['span']:.1f} s" for x in r["plain"] + r["hooks"])
+        section.notes.append(f"{label}: {count:,}-document batches, submission → last ready (off, off, on, on): {spans}.")
+    section.notes.append(
+        "Each deployment as in scenario 1. One agent's endpoint subscribes to `document.ready`; the receiver "
+        "(this script, a threaded HTTP server answering 204) is left out of the CPU figures, which count the "
+        "API, the workers, Postgres and Redis from a batch's submission to its last item ready (and, webhooks "
+        "on, to its last delivery received). Rounds run off, on, on, off on one deployment; the endpoint is "
+        "turned off with `PATCH {\"is_active\": false}`, so the same rows and indexes exist in both."
+    )
+    return section
+
+
 SCENARIOS = {
     "html": scenario_html,
     "pdf": scenario_pdf,
     "xlsx": scenario_xlsx,
     "download": scenario_download,
     "batch": scenario_batch,
+    "webhook": scenario_webhook,
 }
-ALIASES = {"1": "html", "2": "pdf", "3": "xlsx", "4": "download", "5": "batch", "rss": "download"}
+ALIASES = {"1": "html", "2": "pdf", "3": "xlsx", "4": "download", "5": "batch", "6": "webhook",
+           "rss": "download"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not figures")
-    parser.add_argument("--scenarios", default="html,pdf,xlsx,download,batch",
+    parser.add_argument("--scenarios", default="html,pdf,xlsx,download,batch,webhook",
                         help="comma-separated: html,pdf,xlsx,download,batch (or 1,2,3,4,5)")
     parser.add_argument("--batch-items", type=int, default=0, help="items of the big batch (10000; quick 1000)")
     parser.add_argument("--results", type=Path, default=None,

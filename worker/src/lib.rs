@@ -4,6 +4,8 @@
 //! - [`pdf`]: the pool of warm wkhtmltopdf processes (HTML → PDF); the templates
 //!   themselves (HTML, XLSX, page layouts) are the `template` crate's.
 //! - [`pipeline`]: one job from claim to stored object and finished row, with retries.
+//! - [`webhooks`]: sending the webhook deliveries that finished documents and batches
+//!   leave in the database.
 //! - this module: wiring the pipeline into an apalis worker over the configured queue,
 //!   with the periodic tasks beside it.
 //!
@@ -12,6 +14,7 @@
 
 pub mod pdf;
 pub mod pipeline;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -275,6 +278,7 @@ pub async fn run(
         deps.feeder.clone(),
         stop_rx.clone(),
     ));
+    let hooks = tokio::spawn(webhooks::run(deps.clone(), stop_rx.clone()));
     let periodic = tokio::spawn(periodic_tasks(deps.clone(), id, stop_rx));
 
     let beats = deps.clone();
@@ -318,6 +322,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = periodic.await;
     let _ = feeder.await;
+    let _ = hooks.await;
     // Jobs the drain cut short hand their documents back before the process goes.
     let mut abandoning = deps.activity.abandoning.subscribe();
     let _ = tokio::time::timeout(ABANDON_WAIT, abandoning.wait_for(|n| *n == 0)).await;
@@ -397,6 +402,9 @@ async fn periodic_tasks(deps: Arc<Deps>, id: uuid::Uuid, mut stop: watch::Receiv
                     deps.metrics.queue_depth.set(by_lane.iter().map(|(_, n)| n).sum());
                     deps.metrics.set_lane_depths(&by_lane);
                 }
+                if let Ok(pending) = deps.db.webhook_deliveries().pending().await {
+                    deps.metrics.webhook_pending.set(pending);
+                }
             }
             _ = maintenance.tick() => {
                 match maintenance::purge_orphans(&deps.db, &deps.storage).await {
@@ -410,6 +418,12 @@ async fn periodic_tasks(deps: Arc<Deps>, id: uuid::Uuid, mut stop: watch::Receiv
                     Ok(0) => {}
                     Ok(n) => info!(deleted = n, "abandoned previews swept"),
                     Err(err) => error!(error = %err, "preview sweep failed"),
+                }
+                let kept = chrono::TimeDelta::days(i64::from(deps.settings.webhooks.log_retention_days));
+                match deps.db.webhook_deliveries().prune(common::now() - kept, 10_000).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(deleted = n, "old webhook deliveries pruned"),
+                    Err(err) => error!(error = %err, "cannot prune webhook deliveries"),
                 }
                 match deps.db.workers().forget_before(common::now() - WORKER_MEMORY).await {
                     Ok(0) => {}

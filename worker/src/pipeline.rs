@@ -115,7 +115,7 @@ async fn process_claimed(deps: &Deps, mut doc: Document) -> anyhow::Result<()> {
                 .db
                 .documents()
                 .finish(
-                    doc.id,
+                    &doc,
                     attempt,
                     Outcome::Ready {
                         storage_key: &stored.key,
@@ -196,7 +196,7 @@ async fn fail(deps: &Deps, doc: &Document, attempt: i32, reason: &str) -> anyhow
     let won = deps
         .db
         .documents()
-        .finish(doc.id, attempt, Outcome::Failed { error: reason })
+        .finish(doc, attempt, Outcome::Failed { error: reason })
         .await?;
     if won {
         deps.finished(doc.output_format.as_str(), "failed");

@@ -10,6 +10,7 @@ pub mod ops;
 pub mod policies;
 pub mod templates;
 pub mod users;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -76,6 +77,7 @@ pub fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .nest("/document-batches", batches::router())
         .nest("/users", users::router())
         .nest("/audit-logs", audit::router())
+        .nest("/webhooks", webhooks::router())
         .nest("/ops", ops::api_router());
     let (routes, mut description) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .nest("/api/v1", api)
@@ -167,6 +169,14 @@ pub struct Pagination {
     #[serde(default, deserialize_with = "number")]
     #[param(minimum = 0, default = 0)]
     pub offset: i64,
+}
+
+/// For `PATCH` bodies: tells an explicit `null` (`Some(None)`) from an absent field
+/// (`None`, with `#[serde(default)]`).
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 fn default_limit() -> i64 {

@@ -129,15 +129,10 @@ async fn read(
 #[schema(as = UserUpdate)]
 struct UpdateBody {
     /// Absent: unchanged; `null` or blank: cleared.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::routes::present")]
     full_name: Option<Option<String>>,
     role: Option<Role>,
     is_active: Option<bool>,
-}
-
-/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 #[utoipa::path(

@@ -383,7 +383,7 @@ pub async fn cancel(
     id: Uuid,
 ) -> ApiResult<Batch> {
     let batch = find(state, caller, id).await?;
-    let cancelled = state.db.batches().cancel(batch.id).await?;
+    let cancelled = state.db.batches().cancel(&batch).await?;
     state
         .metrics
         .documents_finished(batch.output_format.as_str(), "cancelled", cancelled);

@@ -446,7 +446,7 @@ pub async fn cancel(
     id: Uuid,
 ) -> ApiResult<Document> {
     let seen = Scope::of(caller).document(&state.db, id).await?;
-    let Some(doc) = state.db.documents().cancel(id).await? else {
+    let Some(doc) = state.db.documents().cancel(&seen).await? else {
         let status = current_status(state, &seen).await?;
         let detail = match status {
             DocumentStatus::Processing => {

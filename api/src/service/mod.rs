@@ -35,6 +35,7 @@ pub mod ops;
 pub mod policies;
 pub mod sessions;
 pub mod templates;
+pub mod webhooks;
 
 use common::db::audit::AuditEvent;
 

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, Utc};
+use common::db::webhooks::FailingDelivery;
 use common::db::workers::WorkerRow;
 use serde::Serialize;
 use uuid::Uuid;
@@ -84,6 +85,11 @@ pub struct QueueView {
     pub recent_failures: Vec<Failure>,
     /// Live workers (see `/api/v1/ops/workers`).
     pub live_workers: i64,
+    /// Webhook deliveries waiting to be sent or retried.
+    pub webhooks_pending: i64,
+    /// Webhook deliveries whose last attempt failed (given up, or waiting for a retry),
+    /// the latest first.
+    pub failing_webhooks: Vec<FailingDelivery>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -134,6 +140,9 @@ pub async fn queue(state: &AppState) -> ApiResult<QueueView> {
         .count_live(now - state.settings.worker.stale_after())
         .await?;
     let oldest_queued_at = waiting.iter().filter_map(|l| l.oldest_queued_at).min();
+    let deliveries = state.db.webhook_deliveries();
+    let webhooks_pending = deliveries.pending().await?;
+    let failing_webhooks = deliveries.failing(FAILURES_SHOWN).await?;
     Ok(QueueView {
         lanes: waiting
             .iter()
@@ -162,6 +171,8 @@ pub async fn queue(state: &AppState) -> ApiResult<QueueView> {
             })
             .collect(),
         live_workers,
+        webhooks_pending,
+        failing_webhooks,
     })
 }
 

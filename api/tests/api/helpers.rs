@@ -16,6 +16,7 @@
 mod postgres;
 mod prometheus;
 pub mod proxy;
+pub mod receiver;
 mod redis;
 
 use std::collections::HashMap;
@@ -298,7 +299,7 @@ async fn spawn(
 /// Builds and serves the application configured by `env`.
 async fn start(
     backend: Backend,
-    env: HashMap<String, String>,
+    mut env: HashMap<String, String>,
     dir: tempfile::TempDir,
     s3: Option<Child>,
     embedded_worker: bool,
@@ -310,6 +311,9 @@ async fn start(
         .await
         .expect("the application starts");
     let address = format!("http://127.0.0.1:{}", app.port());
+    // Worker processes sign webhook download links on the API's address.
+    env.entry("PUBLIC_BASE_URL".into())
+        .or_insert_with(|| address.clone());
     let state = app.state();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {

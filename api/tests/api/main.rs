@@ -20,4 +20,5 @@ mod sessions;
 mod templates;
 mod updates;
 mod users;
+mod webhooks;
 mod workers;

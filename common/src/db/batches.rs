@@ -25,6 +25,7 @@ macro_rules! batch_columns {
          request_hash, created_at, cancelled_at"
     };
 }
+pub(crate) use batch_columns;
 
 /// What the items of a batch share.
 pub struct NewBatch<'a> {
@@ -70,7 +71,7 @@ pub struct BatchRow {
 /// How many of a batch's items are in one status, and when the first started and the
 /// last finished.
 #[derive(Debug, Clone, sqlx::FromRow)]
-struct StatusCount {
+pub(crate) struct StatusCount {
     batch_id: Uuid,
     status: String,
     count: i64,
@@ -79,12 +80,12 @@ struct StatusCount {
 }
 
 /// The counts of one batch: `$1` the batch.
-const COUNT_ONE: &str = "SELECT batch_id, status, COUNT(*) AS count, MIN(started_at) AS started_at, \
+pub(crate) const COUNT_ONE: &str = "SELECT batch_id, status, COUNT(*) AS count, MIN(started_at) AS started_at, \
      MAX(finished_at) AS finished_at FROM generated_documents WHERE batch_id = $1 GROUP BY batch_id, status";
 
 impl BatchRow {
     /// The batch as clients see it, from its items' counts.
-    fn with_counts<'a>(self, counts: impl Iterator<Item = &'a StatusCount>) -> Batch {
+    pub(crate) fn with_counts<'a>(self, counts: impl Iterator<Item = &'a StatusCount>) -> Batch {
         let (mut queued, mut processing, mut ready, mut failed, mut cancelled) = (0, 0, 0, 0, 0);
         let (mut started_at, mut finished_at): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
             (None, None);
@@ -143,6 +144,52 @@ impl BatchRow {
         }
     }
 }
+
+/// On the open transaction `$tx`, after a change that may have finished the batch
+/// `$batch_id`'s last unfinished item: when none is queued or processing any more, writes
+/// a `batch.completed` delivery (the batch with its counts) to each endpoint id in
+/// `$endpoints`. Evaluates to a `DbResult<()>`.
+///
+/// The batch row is locked first (a no-op update, on either engine), so of two items
+/// finishing at once the second counts after the first has committed: exactly one of them
+/// sees the batch complete.
+macro_rules! announce_if_complete {
+    ($tx:expr, $batch_id:expr, $endpoints:expr) => {
+        async {
+            use $crate::db::SqlxResultExt;
+            let row = sqlx::query_as::<_, $crate::db::batches::BatchRow>(concat!(
+                "UPDATE document_batches SET cancelled_at = cancelled_at WHERE id = $1 RETURNING ",
+                $crate::db::batches::batch_columns!()
+            ))
+            .bind($batch_id)
+            .fetch_optional(&mut *$tx)
+            .await
+            .db()?;
+            let Some(row) = row else {
+                return Ok(());
+            };
+            let counts: Vec<$crate::db::batches::StatusCount> =
+                sqlx::query_as($crate::db::batches::COUNT_ONE)
+                    .bind($batch_id)
+                    .fetch_all(&mut *$tx)
+                    .await
+                    .db()?;
+            let batch = row.with_counts(counts.iter());
+            if batch.queued + batch.processing == 0 {
+                $crate::db::webhooks::insert_deliveries!(
+                    $tx,
+                    $endpoints,
+                    $crate::webhooks::EventType::BatchCompleted,
+                    Some(batch.id),
+                    &batch
+                )
+                .await?;
+            }
+            Ok::<(), $crate::db::DbError>(())
+        }
+    };
+}
+pub(crate) use announce_if_complete;
 
 pub struct Batches<'a>(pub(super) &'a Db);
 
@@ -354,28 +401,39 @@ impl Batches<'_> {
         })
     }
 
-    /// Cancels every queued item of the batch and marks the batch cancelled, in one
-    /// transaction. Returns how many items were cancelled.
-    pub async fn cancel(&self, id: Uuid) -> DbResult<u64> {
+    /// Cancels every queued item of `batch` and marks the batch cancelled, in one
+    /// transaction, which also writes its `batch.completed` deliveries when no item is
+    /// left rendering. Returns how many items were cancelled.
+    pub async fn cancel(&self, batch: &Batch) -> DbResult<u64> {
         let now = crate::now();
+        let listeners = self.0.webhook_endpoints().listeners(batch.owner_id).await?;
+        let for_batch =
+            super::webhooks::taking(&listeners, crate::webhooks::EventType::BatchCompleted);
         on_db!(self.0, pool => {
             let mut tx = pool.begin().await.db()?;
-            sqlx::query("UPDATE document_batches SET cancelled_at = $2 WHERE id = $1 AND cancelled_at IS NULL")
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .db()?;
+            let newly_cancelled = sqlx::query(
+                "UPDATE document_batches SET cancelled_at = $2 WHERE id = $1 AND cancelled_at IS NULL",
+            )
+            .bind(batch.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .db()?
+            .rows_affected()
+                == 1;
             let cancelled = sqlx::query(
                 "UPDATE generated_documents SET status = 'cancelled', lease_until = NULL, finished_at = $2, updated_at = $2 \
                  WHERE batch_id = $1 AND status = 'queued'",
             )
-            .bind(id)
+            .bind(batch.id)
             .bind(now)
             .execute(&mut *tx)
             .await
             .db()?
             .rows_affected();
+            if (newly_cancelled || cancelled > 0) && !for_batch.is_empty() {
+                announce_if_complete!(tx, batch.id, &for_batch).await?;
+            }
             tx.commit().await.db()?;
             Ok(cancelled)
         })

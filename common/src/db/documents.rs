@@ -8,8 +8,10 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use super::webhooks::{self, insert_deliveries};
 use super::{Db, DbResult, Page, SqlxResultExt, on_db};
 use crate::model::{Document, DocumentStatus, OutputFormat, Priority, Timings};
+use crate::webhooks::EventType;
 
 /// The documents list's filter: `$1` owner, `$2` status, `$3` policy, `$4` batch, each
 /// optional. Previews are never listed.
@@ -113,6 +115,36 @@ pub enum Outcome<'a> {
     Failed {
         error: &'a str,
     },
+}
+
+/// `doc` as attempt's `outcome` leaves it at `now`: what its webhook event tells. The
+/// update that writes it is guarded by the attempt, so the row is exactly this.
+fn finished_view(doc: &Document, outcome: &Outcome<'_>, now: DateTime<Utc>) -> Document {
+    let mut doc = doc.clone();
+    doc.finished_at = Some(now);
+    doc.updated_at = now;
+    match outcome {
+        Outcome::Ready {
+            storage_key,
+            size_bytes,
+            stored_bytes,
+            checksum,
+            timings,
+        } => {
+            doc.status = DocumentStatus::Ready;
+            doc.storage_key = Some(storage_key.to_string());
+            doc.size_bytes = Some(*size_bytes);
+            doc.stored_bytes = Some(*stored_bytes);
+            doc.checksum = Some(checksum.to_string());
+            doc.timings = Some(Json((*timings).clone()));
+            doc.error = None;
+        }
+        Outcome::Failed { error } => {
+            doc.status = DocumentStatus::Failed;
+            doc.error = Some(error.to_string());
+        }
+    }
+    doc
 }
 
 pub struct Documents<'a>(pub(super) &'a Db);
@@ -276,20 +308,39 @@ impl Documents<'_> {
         .db()
     }
 
-    /// Cancels a document that waits in `queued`: its job, if delivered later, finds
-    /// nothing to claim. `None` when the document is not queued (any more).
-    pub async fn cancel(&self, id: Uuid) -> DbResult<Option<Document>> {
-        on_db!(self.0, pool => sqlx::query_as::<_, Document>(concat!(
-            "UPDATE generated_documents SET status = 'cancelled', lease_until = NULL, \
-             finished_at = $2, updated_at = $2 \
-             WHERE id = $1 AND status = 'queued' AND preview = FALSE RETURNING ",
-            columns!()
-        ))
-        .bind(id)
-        .bind(crate::now())
-        .fetch_optional(pool)
-        .await)
-        .db()
+    /// Cancels `doc` if it waits in `queued`: its job, if delivered later, finds nothing to
+    /// claim. When it was a batch's last unfinished item, the batch's `batch.completed`
+    /// deliveries are written in the same transaction. `None` when the document is not
+    /// queued (any more).
+    pub async fn cancel(&self, doc: &Document) -> DbResult<Option<Document>> {
+        let for_batch = match doc.batch_id {
+            Some(_) => {
+                let listeners = self.0.webhook_endpoints().listeners(doc.owner_id).await?;
+                webhooks::taking(&listeners, EventType::BatchCompleted)
+            }
+            None => Vec::new(),
+        };
+        on_db!(self.0, pool => {
+            let mut tx = pool.begin().await.db()?;
+            let cancelled = sqlx::query_as::<_, Document>(concat!(
+                "UPDATE generated_documents SET status = 'cancelled', lease_until = NULL, \
+                 finished_at = $2, updated_at = $2 \
+                 WHERE id = $1 AND status = 'queued' AND preview = FALSE RETURNING ",
+                columns!()
+            ))
+            .bind(doc.id)
+            .bind(crate::now())
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?;
+            if let (Some(_), Some(batch_id)) = (&cancelled, doc.batch_id)
+                && !for_batch.is_empty()
+            {
+                super::batches::announce_if_complete!(tx, batch_id, &for_batch).await?;
+            }
+            tx.commit().await.db()?;
+            Ok(cancelled)
+        })
     }
 
     /// Puts a `failed` or `cancelled` document back in `queued`, as new: attempts reset,
@@ -459,50 +510,83 @@ impl Documents<'_> {
         .db()
     }
 
-    /// Ends attempt number `attempt`. False when another attempt has claimed the document
-    /// since, or it is no longer `processing`: the caller's result is then discarded.
-    pub async fn finish(&self, id: Uuid, attempt: i32, outcome: Outcome<'_>) -> DbResult<bool> {
+    /// Ends attempt number `attempt` of `doc` (the row as that attempt claimed it). False
+    /// when another attempt has claimed the document since, or it is no longer
+    /// `processing`: the caller's result is then discarded.
+    ///
+    /// The webhook events of the change are written in the same transaction: a delivery
+    /// to each endpoint that takes `document.ready` or `document.failed`, and, when this
+    /// was the last unfinished item of a batch, `batch.completed`. Without such endpoints
+    /// it is the one guarded update.
+    pub async fn finish(
+        &self,
+        doc: &Document,
+        attempt: i32,
+        outcome: Outcome<'_>,
+    ) -> DbResult<bool> {
         let now = crate::now();
-        let result = match outcome {
-            Outcome::Ready {
-                storage_key,
-                size_bytes,
-                stored_bytes,
-                checksum,
-                timings,
-            } => {
-                on_db!(self.0, pool => sqlx::query(
-                    "UPDATE generated_documents SET status = 'ready', storage_key = $3, size_bytes = $4, \
-                     stored_bytes = $5, checksum = $6, timings = $7, error = NULL, finished_at = $8, updated_at = $8 \
-                     WHERE id = $1 AND attempts = $2 AND status = 'processing'",
-                )
-                .bind(id)
-                .bind(attempt)
-                .bind(storage_key)
-                .bind(size_bytes)
-                .bind(stored_bytes)
-                .bind(checksum)
-                .bind(Json(timings))
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()))
-            }
-            Outcome::Failed { error } => {
-                on_db!(self.0, pool => sqlx::query(
-                    "UPDATE generated_documents SET status = 'failed', error = $3, finished_at = $4, updated_at = $4 \
-                     WHERE id = $1 AND attempts = $2 AND status = 'processing'",
-                )
-                .bind(id)
-                .bind(attempt)
-                .bind(error)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()))
-            }
+        let event = match outcome {
+            Outcome::Ready { .. } => EventType::DocumentReady,
+            Outcome::Failed { .. } => EventType::DocumentFailed,
         };
-        result.db().map(|n| n == 1)
+        let listeners = match doc.preview {
+            true => Vec::new(),
+            false => self.0.webhook_endpoints().listeners(doc.owner_id).await?,
+        };
+        let for_document = webhooks::taking(&listeners, event);
+        let for_batch = match doc.batch_id {
+            Some(_) => webhooks::taking(&listeners, EventType::BatchCompleted),
+            None => Vec::new(),
+        };
+        macro_rules! update {
+            ($executor:expr) => {
+                match &outcome {
+                    Outcome::Ready { storage_key, size_bytes, stored_bytes, checksum, timings } => sqlx::query(
+                        "UPDATE generated_documents SET status = 'ready', storage_key = $3, size_bytes = $4, \
+                         stored_bytes = $5, checksum = $6, timings = $7, error = NULL, finished_at = $8, updated_at = $8 \
+                         WHERE id = $1 AND attempts = $2 AND status = 'processing'",
+                    )
+                    .bind(doc.id)
+                    .bind(attempt)
+                    .bind(*storage_key)
+                    .bind(*size_bytes)
+                    .bind(*stored_bytes)
+                    .bind(*checksum)
+                    .bind(Json(*timings))
+                    .bind(now)
+                    .execute($executor)
+                    .await,
+                    Outcome::Failed { error } => sqlx::query(
+                        "UPDATE generated_documents SET status = 'failed', error = $3, finished_at = $4, updated_at = $4 \
+                         WHERE id = $1 AND attempts = $2 AND status = 'processing'",
+                    )
+                    .bind(doc.id)
+                    .bind(attempt)
+                    .bind(*error)
+                    .bind(now)
+                    .execute($executor)
+                    .await,
+                }
+                .map(|r| r.rows_affected() == 1)
+                .db()
+            };
+        }
+        if for_document.is_empty() && for_batch.is_empty() {
+            return on_db!(self.0, pool => update!(pool));
+        }
+        let finished = finished_view(doc, &outcome, now);
+        on_db!(self.0, pool => {
+            let mut tx = pool.begin().await.db()?;
+            if !update!(&mut *tx)? {
+                return Ok(false);
+            }
+            insert_deliveries!(tx, &for_document, event, Some(doc.id), &finished).await?;
+            if let Some(batch_id) = doc.batch_id && !for_batch.is_empty() {
+                super::batches::announce_if_complete!(tx, batch_id, &for_batch).await?;
+            }
+            tx.commit().await.db()?;
+            Ok(true)
+        })
     }
 
     /// Deletes a document row; false when it did not exist.

@@ -28,6 +28,7 @@ pub mod sessions;
 mod sqlite_tuning;
 pub mod templates;
 pub mod users;
+pub mod webhooks;
 pub mod workers;
 
 use std::str::FromStr;
@@ -478,6 +479,12 @@ impl Db {
     }
     pub fn workers(&self) -> workers::Workers<'_> {
         workers::Workers(self)
+    }
+    pub fn webhook_endpoints(&self) -> webhooks::Endpoints<'_> {
+        webhooks::Endpoints(self)
+    }
+    pub fn webhook_deliveries(&self) -> webhooks::Deliveries<'_> {
+        webhooks::Deliveries(self)
     }
 
     /// Closes every connection (lets SQLite checkpoint its WAL on shutdown).

@@ -1,0 +1,717 @@
+//! Webhook endpoints and their deliveries.
+//!
+//! A delivery is a row written in the same transaction as the change it tells of (see
+//! [`insert_deliveries!`], used where documents finish and batches complete), so a crash
+//! can lose neither. Workers [`Deliveries::claim`] due rows: a claim counts the attempt and
+//! moves `next_attempt_at` past the attempt's timeout, which is the attempt's lease: a
+//! worker that dies mid-attempt leaves the row due again when that time comes, and
+//! [`Deliveries::record`] only takes the outcome of the attempt that claimed last.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Db, DbResult, Page, SqlxResultExt, on_db};
+use crate::webhooks::{EventType, Secret, subscribes};
+
+macro_rules! endpoint_columns {
+    () => {
+        "id, owner_id, url, description, events, scope, is_active, disabled_reason, secret, \
+         previous_secret, previous_secret_until, created_at, updated_at"
+    };
+}
+
+macro_rules! delivery_columns {
+    () => {
+        "id, endpoint_id, event_type, object_id, payload, status, attempts, next_attempt_at, \
+         last_status_code, last_error, last_response, created_at, delivered_at, updated_at"
+    };
+}
+
+/// Writes one pending delivery of `$event` (an [`EventType`]) about `$object_id` to each
+/// endpoint id in `$endpoints`, on the open transaction `$tx`, with `$data` (anything
+/// `Serialize`) as the event's `data`. Evaluates to a `DbResult<Vec<Uuid>>` of the new
+/// deliveries' ids.
+macro_rules! insert_deliveries {
+    ($tx:expr, $endpoints:expr, $event:expr, $object_id:expr, $data:expr) => {
+        async {
+            let now = $crate::now();
+            let payload = $crate::db::webhooks::payload($event, now, $data);
+            let mut ids = Vec::new();
+            for endpoint in $endpoints {
+                let id = uuid::Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (id, endpoint_id, event_type, object_id, payload, status, \
+                     attempts, next_attempt_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
+                )
+                .bind(id)
+                .bind(endpoint)
+                .bind($event.as_str())
+                .bind($object_id)
+                .bind(&payload)
+                .bind(now)
+                .execute(&mut *$tx)
+                .await
+                .db()?;
+                ids.push(id);
+            }
+            Ok::<Vec<uuid::Uuid>, $crate::db::DbError>(ids)
+        }
+    };
+}
+pub(crate) use insert_deliveries;
+
+/// The body every delivery of an event carries: `{"type", "timestamp", "data"}`.
+pub fn payload(event: EventType, at: DateTime<Utc>, data: &impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Event<'a, T> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        timestamp: DateTime<Utc>,
+        data: &'a T,
+    }
+    serde_json::to_string(&Event {
+        kind: event.as_str(),
+        timestamp: at,
+        data,
+    })
+    .expect("an event serializes")
+}
+
+/// The events an endpoint takes, stored as a JSON array of names (`["*"]` for all).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(transparent)]
+pub struct EventList(pub Vec<String>);
+
+impl TryFrom<String> for EventList {
+    type Error = serde_json::Error;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        serde_json::from_str(&text).map(EventList)
+    }
+}
+
+impl EventList {
+    fn to_text(&self) -> String {
+        serde_json::to_string(&self.0).expect("a list of names serializes")
+    }
+}
+
+/// A webhook endpoint. Its secrets are never serialized.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct Endpoint {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub url: String,
+    pub description: Option<String>,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = Vec<String>)]
+    pub events: EventList,
+    /// `own`: the owner's documents and batches; `all`: everyone's.
+    pub scope: String,
+    pub is_active: bool,
+    /// Why the platform turned the endpoint off (it answered `410 Gone`).
+    pub disabled_reason: Option<String>,
+    #[serde(skip)]
+    pub secret: String,
+    #[serde(skip)]
+    pub previous_secret: Option<String>,
+    /// Until when the secret before the last rotation signs beside the current one.
+    pub previous_secret_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Endpoint {
+    /// The secrets deliveries are signed with at `now`: the current one, and the one before
+    /// the last rotation while its overlap lasts.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<Secret> {
+        let previous = match (&self.previous_secret, self.previous_secret_until) {
+            (Some(secret), Some(until)) if until > now => Secret::parse(secret),
+            _ => None,
+        };
+        Secret::parse(&self.secret)
+            .into_iter()
+            .chain(previous)
+            .collect()
+    }
+
+    pub fn takes(&self, event: EventType) -> bool {
+        subscribes(&self.events.0, event)
+    }
+}
+
+/// A new endpoint.
+pub struct NewEndpoint<'a> {
+    pub owner_id: Uuid,
+    pub url: &'a str,
+    pub description: Option<&'a str>,
+    pub events: &'a EventList,
+    pub scope: &'a str,
+    pub secret: &'a Secret,
+}
+
+/// Changes to an endpoint; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct EndpointPatch<'a> {
+    pub url: Option<&'a str>,
+    pub description: Option<Option<&'a str>>,
+    pub events: Option<&'a EventList>,
+    pub is_active: Option<bool>,
+}
+
+/// One event for one endpoint, and how its sending went.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct Delivery {
+    /// Also the `webhook-id` header, the same on every attempt.
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_type: String,
+    /// The document or batch the event is about.
+    pub object_id: Option<Uuid>,
+    #[serde(skip)]
+    pub payload: String,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    /// When a pending delivery is next tried.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    /// The start of the last answer's body.
+    pub last_response: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How an attempt ended.
+pub enum AttemptOutcome<'a> {
+    /// A 2xx answer.
+    Succeeded { status_code: i32, response: &'a str },
+    /// Anything else: an answer of another status (`status_code`), or no answer.
+    Failed {
+        status_code: Option<i32>,
+        error: &'a str,
+        response: Option<&'a str>,
+        /// When to try again; `None` gives up (the schedule is spent, or the endpoint said
+        /// 410 Gone).
+        retry_at: Option<DateTime<Utc>>,
+    },
+}
+
+/// A delivery whose last attempt failed, as the operators' view lists it.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct FailingDelivery {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub url: String,
+    pub event_type: String,
+    /// `pending` (a retry is scheduled) or `failed` (given up).
+    pub status: String,
+    pub attempts: i32,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The smallest UUIDv7 of the millisecond `at`: every id made at or after `at` is greater.
+fn uuid_at(at: DateTime<Utc>) -> Uuid {
+    let millis = at.timestamp_millis().max(0) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    Uuid::from_bytes(bytes)
+}
+
+pub struct Endpoints<'a>(pub(super) &'a Db);
+
+impl Endpoints<'_> {
+    pub async fn create(&self, new: NewEndpoint<'_>) -> DbResult<Endpoint> {
+        let now = crate::now();
+        on_db!(self.0, pool => sqlx::query_as::<_, Endpoint>(concat!(
+            "INSERT INTO webhook_endpoints (id, owner_id, url, description, events, scope, is_active, secret, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $8) RETURNING ",
+            endpoint_columns!()
+        ))
+        .bind(Uuid::now_v7())
+        .bind(new.owner_id)
+        .bind(new.url)
+        .bind(new.description)
+        .bind(new.events.to_text())
+        .bind(new.scope)
+        .bind(new.secret.expose())
+        .bind(now)
+        .fetch_one(pool)
+        .await)
+        .db()
+    }
+
+    /// The endpoint `id`, if `owner` is `None` (an admin) or owns it.
+    pub async fn find(&self, id: Uuid, owner: Option<Uuid>) -> DbResult<Option<Endpoint>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Endpoint>(concat!(
+            "SELECT ", endpoint_columns!(), " FROM webhook_endpoints WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
+        ))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// `owner`'s endpoints (everyone's for `None`), newest first.
+    pub async fn list(
+        &self,
+        owner: Option<Uuid>,
+        limit: i64,
+        offset: i64,
+    ) -> DbResult<Page<Endpoint>> {
+        on_db!(self.0, pool => {
+            let items = sqlx::query_as::<_, Endpoint>(concat!(
+                "SELECT ", endpoint_columns!(), " FROM webhook_endpoints WHERE ($1 IS NULL OR owner_id = $1) \
+                 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+            ))
+            .bind(owner)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await
+            .db()?;
+            let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_endpoints WHERE ($1 IS NULL OR owner_id = $1)")
+                .bind(owner)
+                .fetch_one(pool)
+                .await
+                .db()?;
+            Ok(Page { items, total, limit, offset })
+        })
+    }
+
+    /// Applies `patch`; turning an endpoint back on clears why it was turned off.
+    pub async fn update(&self, id: Uuid, patch: EndpointPatch<'_>) -> DbResult<Option<Endpoint>> {
+        let events = patch.events.map(EventList::to_text);
+        let (set_description, description) = match patch.description {
+            Some(d) => (true, d),
+            None => (false, None),
+        };
+        on_db!(self.0, pool => sqlx::query_as::<_, Endpoint>(concat!(
+            "UPDATE webhook_endpoints SET url = COALESCE($2, url), \
+             description = CASE WHEN $3 THEN $4 ELSE description END, \
+             events = COALESCE($5, events), is_active = COALESCE($6, is_active), \
+             disabled_reason = CASE WHEN $6 THEN NULL ELSE disabled_reason END, updated_at = $7 \
+             WHERE id = $1 RETURNING ",
+            endpoint_columns!()
+        ))
+        .bind(id)
+        .bind(patch.url)
+        .bind(set_description)
+        .bind(description)
+        .bind(events)
+        .bind(patch.is_active)
+        .bind(crate::now())
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// Makes `secret` the endpoint's secret; the one it replaces keeps signing until
+    /// `previous_until`.
+    pub async fn rotate(
+        &self,
+        id: Uuid,
+        secret: &Secret,
+        previous_until: DateTime<Utc>,
+    ) -> DbResult<Option<Endpoint>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Endpoint>(concat!(
+            "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_until = $3, secret = $2, \
+             updated_at = $4 WHERE id = $1 RETURNING ",
+            endpoint_columns!()
+        ))
+        .bind(id)
+        .bind(secret.expose())
+        .bind(previous_until)
+        .bind(crate::now())
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// Turns the endpoint off, saying why.
+    pub async fn disable(&self, id: Uuid, reason: &str) -> DbResult<()> {
+        on_db!(self.0, pool => sqlx::query(
+            "UPDATE webhook_endpoints SET is_active = FALSE, disabled_reason = $2, updated_at = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(crate::now())
+        .execute(pool)
+        .await
+        .map(|_| ()))
+        .db()
+    }
+
+    /// Deletes the endpoint and its deliveries; false when it did not exist.
+    pub async fn delete(&self, id: Uuid) -> DbResult<bool> {
+        on_db!(self.0, pool => sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected() == 1))
+        .db()
+    }
+
+    /// The active endpoints that hear of `owner`'s documents and batches (theirs, and those
+    /// scoped to everyone), with what each subscribes to.
+    pub async fn listeners(&self, owner: Uuid) -> DbResult<Vec<Listener>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Listener>(
+            "SELECT id, events FROM webhook_endpoints WHERE is_active AND (owner_id = $1 OR scope = 'all')",
+        )
+        .bind(owner)
+        .fetch_all(pool)
+        .await)
+        .db()
+    }
+}
+
+/// An endpoint as events are routed to it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Listener {
+    pub id: Uuid,
+    #[sqlx(try_from = "String")]
+    pub events: EventList,
+}
+
+/// The ids of the `listeners` that take `event`.
+pub fn taking(listeners: &[Listener], event: EventType) -> Vec<Uuid> {
+    listeners
+        .iter()
+        .filter(|l| subscribes(&l.events.0, event))
+        .map(|l| l.id)
+        .collect()
+}
+
+pub struct Deliveries<'a>(pub(super) &'a Db);
+
+impl Deliveries<'_> {
+    /// A `webhook.test` delivery to `endpoint`, due now.
+    pub async fn create_test(&self, endpoint: &Endpoint) -> DbResult<Delivery> {
+        #[derive(Serialize)]
+        struct Test<'a> {
+            endpoint_id: Uuid,
+            message: &'a str,
+        }
+        let data = Test {
+            endpoint_id: endpoint.id,
+            message: "This is a test event from MONASSURANCE.",
+        };
+        on_db!(self.0, pool => {
+            let mut tx = pool.begin().await.db()?;
+            let ids = insert_deliveries!(tx, [endpoint.id], EventType::Test, Some(endpoint.id), &data).await?;
+            let delivery = sqlx::query_as::<_, Delivery>(concat!(
+                "SELECT ", delivery_columns!(), " FROM webhook_deliveries WHERE id = $1"
+            ))
+            .bind(ids[0])
+            .fetch_one(&mut *tx)
+            .await
+            .db()?;
+            tx.commit().await.db()?;
+            Ok(delivery)
+        })
+    }
+
+    /// The endpoint's deliveries, newest first.
+    pub async fn list(
+        &self,
+        endpoint_id: Uuid,
+        limit: i64,
+        offset: i64,
+    ) -> DbResult<Page<Delivery>> {
+        on_db!(self.0, pool => {
+            let items = sqlx::query_as::<_, Delivery>(concat!(
+                "SELECT ", delivery_columns!(), " FROM webhook_deliveries WHERE endpoint_id = $1 \
+                 ORDER BY id DESC LIMIT $2 OFFSET $3"
+            ))
+            .bind(endpoint_id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await
+            .db()?;
+            let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE endpoint_id = $1")
+                .bind(endpoint_id)
+                .fetch_one(pool)
+                .await
+                .db()?;
+            Ok(Page { items, total, limit, offset })
+        })
+    }
+
+    /// Sends the delivery again from the start of the schedule, now, under the same id.
+    /// `None` when the endpoint has no such delivery.
+    pub async fn redeliver(&self, endpoint_id: Uuid, id: Uuid) -> DbResult<Option<Delivery>> {
+        let now = crate::now();
+        on_db!(self.0, pool => sqlx::query_as::<_, Delivery>(concat!(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $3, \
+             delivered_at = NULL, updated_at = $3 WHERE id = $1 AND endpoint_id = $2 RETURNING ",
+            delivery_columns!()
+        ))
+        .bind(id)
+        .bind(endpoint_id)
+        .bind(now)
+        .fetch_optional(pool)
+        .await)
+        .db()
+    }
+
+    /// Takes up to `limit` due deliveries, oldest due first: each attempt is counted, and
+    /// the row is not due again before `lease_until` (the attempt's lease). Concurrent
+    /// claims never take the same row.
+    pub async fn claim(&self, limit: i64, lease_until: DateTime<Utc>) -> DbResult<Vec<Delivery>> {
+        let now = crate::now();
+        match self.0.pool() {
+            super::Pool::Postgres(pool) => sqlx::query_as::<_, Delivery>(concat!(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $1 \
+                 WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+                delivery_columns!()
+            ))
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .db(),
+            // One writer at a time: the subquery and the update see the same rows.
+            super::Pool::Sqlite(pool) => sqlx::query_as::<_, Delivery>(concat!(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $1 \
+                 WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at LIMIT $3) RETURNING ",
+                delivery_columns!()
+            ))
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .db(),
+        }
+    }
+
+    /// Records how attempt number `attempt` went. False when the row was claimed again
+    /// since (this attempt's lease ran out) or redelivered: the outcome is then dropped.
+    pub async fn record(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        outcome: AttemptOutcome<'_>,
+    ) -> DbResult<bool> {
+        let now = crate::now();
+        let (status, code, error, response, next, delivered) = match outcome {
+            AttemptOutcome::Succeeded {
+                status_code,
+                response,
+            } => (
+                "succeeded",
+                Some(status_code),
+                None,
+                Some(response),
+                None,
+                Some(now),
+            ),
+            AttemptOutcome::Failed {
+                status_code,
+                error,
+                response,
+                retry_at,
+            } => {
+                let status = if retry_at.is_some() {
+                    "pending"
+                } else {
+                    "failed"
+                };
+                (status, status_code, Some(error), response, retry_at, None)
+            }
+        };
+        on_db!(self.0, pool => sqlx::query(
+            "UPDATE webhook_deliveries SET status = $3, last_status_code = $4, last_error = $5, last_response = $6, \
+             next_attempt_at = $7, delivered_at = $8, updated_at = $9 \
+             WHERE id = $1 AND attempts = $2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(status)
+        .bind(code)
+        .bind(error)
+        .bind(response)
+        .bind(next)
+        .bind(delivered)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))
+        .db()
+    }
+
+    /// Up to `limit` deliveries whose last attempt failed (given up, or waiting for a
+    /// retry), the latest first, with their endpoint's URL: what operators look into.
+    pub async fn failing(&self, limit: i64) -> DbResult<Vec<FailingDelivery>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, FailingDelivery>(
+            "SELECT d.id, d.endpoint_id, e.url, d.event_type, d.status, d.attempts, d.last_status_code, d.last_error, \
+             d.next_attempt_at, d.updated_at FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+             WHERE d.last_error IS NOT NULL ORDER BY d.updated_at DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+        .db()
+    }
+
+    /// Deletes up to `limit` sent or given-up deliveries made before `before` (the log's
+    /// retention); returns how many.
+    pub async fn prune(&self, before: DateTime<Utc>, limit: i64) -> DbResult<u64> {
+        // Ids are UUIDv7, ordered by creation time: the primary key finds the old rows.
+        let bound = uuid_at(before);
+        on_db!(self.0, pool => sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
+             WHERE id < $1 AND status <> 'pending' ORDER BY id LIMIT $2)",
+        )
+        .bind(bound)
+        .bind(limit)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .db()
+    }
+
+    /// Deliveries still to be sent, all endpoints together.
+    pub async fn pending(&self) -> DbResult<i64> {
+        on_db!(self.0, pool => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'")
+            .fetch_one(pool)
+            .await)
+        .db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_of_a_millisecond_sorts_before_its_ids_and_after_earlier_ones() {
+        let at = crate::now();
+        let bound = uuid_at(at);
+        assert_eq!(bound.get_version_num(), 7);
+        let later = Uuid::now_v7();
+        assert!(bound <= later);
+        let earlier = uuid_at(at - chrono::TimeDelta::milliseconds(1));
+        assert!(earlier < bound);
+        let (secs, _) = bound.get_timestamp().unwrap().to_unix();
+        assert_eq!(secs as i64, at.timestamp());
+    }
+
+    /// Claims never hand a delivery to two senders, an outcome counts only for the attempt
+    /// that claimed last, a failed attempt waits for its retry, and the log's retention
+    /// keeps what is pending.
+    async fn deliveries_are_claimed_once_and_recorded_by_their_attempt(db: &Db) {
+        let user = db
+            .users()
+            .create(crate::db::users::NewUser {
+                email: "hooks@example.com",
+                full_name: None,
+                hashed_password: "x",
+                role: crate::model::Role::Agent,
+                is_active: true,
+            })
+            .await
+            .unwrap();
+        let events = EventList(vec!["*".into()]);
+        let endpoint = db
+            .webhook_endpoints()
+            .create(NewEndpoint {
+                owner_id: user.id,
+                url: "https://hooks.example.com/",
+                description: None,
+                events: &events,
+                scope: "own",
+                secret: &Secret::generate(),
+            })
+            .await
+            .unwrap();
+        let mut made = Vec::new();
+        for _ in 0..5 {
+            made.push(
+                db.webhook_deliveries()
+                    .create_test(&endpoint)
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let deliveries = db.webhook_deliveries();
+        let lease = crate::now() + chrono::TimeDelta::seconds(60);
+        let (a, b) = tokio::join!(deliveries.claim(3, lease), deliveries.claim(3, lease));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut claimed: Vec<Uuid> = a.iter().chain(&b).map(|d| d.id).collect();
+        claimed.sort();
+        assert_eq!(claimed, made, "each delivery claimed exactly once");
+        assert!(a.iter().chain(&b).all(|d| d.attempts == 1));
+        assert!(
+            deliveries.claim(5, lease).await.unwrap().is_empty(),
+            "leased"
+        );
+
+        let retry_at = crate::now() - chrono::TimeDelta::seconds(1);
+        let failed = AttemptOutcome::Failed {
+            status_code: Some(500),
+            error: "the endpoint answered 500",
+            response: Some("boom"),
+            retry_at: Some(retry_at),
+        };
+        assert!(deliveries.record(made[0], 1, failed).await.unwrap());
+        let stale = AttemptOutcome::Succeeded {
+            status_code: 200,
+            response: "",
+        };
+        assert!(
+            !deliveries.record(made[0], 2, stale).await.unwrap(),
+            "not the attempt that claimed"
+        );
+        let again = deliveries.claim(5, lease).await.unwrap();
+        assert_eq!(
+            again.iter().map(|d| (d.id, d.attempts)).collect::<Vec<_>>(),
+            [(made[0], 2)]
+        );
+        assert_eq!(again[0].last_response.as_deref(), Some("boom"));
+        let done = AttemptOutcome::Succeeded {
+            status_code: 204,
+            response: "",
+        };
+        assert!(deliveries.record(made[0], 2, done).await.unwrap());
+        assert_eq!(deliveries.pending().await.unwrap(), 4);
+
+        let pruned = deliveries
+            .prune(crate::now() + chrono::TimeDelta::seconds(1), 100)
+            .await
+            .unwrap();
+        assert_eq!(pruned, 1, "only the finished delivery leaves the log");
+        assert_eq!(deliveries.list(endpoint.id, 50, 0).await.unwrap().total, 4);
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_claimed_once_on_sqlite() {
+        deliveries_are_claimed_once_and_recorded_by_their_attempt(
+            &crate::db::fixtures::sqlite().await,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_claimed_once_on_postgres() {
+        let Some(pg) = crate::db::fixtures::postgres().await else {
+            return;
+        };
+        deliveries_are_claimed_once_and_recorded_by_their_attempt(&pg.db).await;
+        pg.drop().await;
+    }
+}

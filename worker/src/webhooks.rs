@@ -1,0 +1,393 @@
+//! Sending webhook deliveries: every worker claims due deliveries from the database, sends
+//! each signed as Standard Webhooks says, and records the outcome (see
+//! [`common::db::webhooks`] for the rows and their lease).
+//!
+//! Destinations are checked on the address actually connected to: the client resolves
+//! names through [`GuardedResolver`], which drops every address [`refused_address`] names
+//! (and fails when none is left), a URL whose host is an address is checked before
+//! sending, no proxy is used, and redirects are not followed. So a name that resolves to
+//! 127.0.0.1, or re-resolves there after the check (DNS rebinding), is never reached.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::db::webhooks::{AttemptOutcome, Delivery, Endpoint};
+use common::webhooks::{self, DestinationError, EventType, refused_address, signature_header};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use webhook_client as reqwest;
+
+use crate::Deps;
+
+/// How much of an answer's body is read and kept in the delivery log.
+const RESPONSE_SNIPPET: usize = 1024;
+
+/// How long past its timeout an attempt's lease runs: a worker that dies mid-attempt
+/// leaves the delivery due again this long after the attempt would have timed out.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// The `user-agent` of every delivery.
+const USER_AGENT: &str = concat!("MONASSURANCE-Webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// Resolves names for the webhook client, keeping only the addresses webhooks may reach.
+struct GuardedResolver;
+
+/// A destination refused after resolution, carried through reqwest's error chain so the
+/// delivery log can say why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(DestinationError);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|_| Refused(DestinationError::Unresolved { host: host.clone() }))?
+                .collect();
+            let allowed: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|a| refused_address(a.ip()).is_none())
+                .collect();
+            if allowed.is_empty() {
+                let addresses = resolved
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let error = match resolved.is_empty() {
+                    true => DestinationError::Unresolved { host },
+                    false => DestinationError::Resolved { host, addresses },
+                };
+                return Err(Box::new(Refused(error)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP client deliveries go out with.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    allow_private: bool,
+}
+
+impl Sender {
+    pub fn new(settings: &common::settings::WebhookSettings) -> anyhow::Result<Sender> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .user_agent(USER_AGENT)
+            .pool_idle_timeout(Duration::from_secs(30));
+        if !settings.allow_private_networks {
+            builder = builder.https_only(true).dns_resolver(GuardedResolver);
+        }
+        Ok(Sender {
+            client: builder.build()?,
+            allow_private: settings.allow_private_networks,
+        })
+    }
+
+    /// Posts `body` to `url`, signed; the answer's status and the start of its body, or
+    /// why there was no answer.
+    async fn post(
+        &self,
+        url: &str,
+        id: &str,
+        timestamp: i64,
+        signature: String,
+        body: String,
+    ) -> Result<(u16, String), String> {
+        webhooks::check_url(url, self.allow_private).map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .post(url)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(describe)?;
+        let status = response.status().as_u16();
+        Ok((status, snippet(response).await))
+    }
+}
+
+/// Up to [`RESPONSE_SNIPPET`] bytes of the answer's body, as text.
+async fn snippet(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_SNIPPET {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(RESPONSE_SNIPPET);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Why a request got no answer, in words: a refused destination as such, a timeout, or
+/// the innermost cause.
+fn describe(err: reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<Refused>() {
+            return refused.to_string();
+        }
+        source = e.source();
+    }
+    if err.is_timeout() {
+        return "the endpoint did not answer in time".to_owned();
+    }
+    let mut innermost: &(dyn std::error::Error + 'static) = &err;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    match err.is_connect() {
+        true => format!("cannot connect to the endpoint: {innermost}"),
+        false => format!("the request failed: {innermost}"),
+    }
+}
+
+/// The base signed links are built on, for `document.ready`'s `download_url`:
+/// `PUBLIC_BASE_URL`, else the API's own address (`BIND_ADDR`, with an unspecified host
+/// read as localhost).
+pub fn link_base(settings: &common::Settings) -> String {
+    if let Some(url) = &settings.http.public_base_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let mut addr = settings.http.bind_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}
+
+/// The body of this attempt: the event as written, with a fresh signed `download_url` in a
+/// `document.ready` event's `data` (valid `WEBHOOK_LINK_TTL` from now, so a retry hours
+/// later still carries a working link).
+fn body_for(deps: &Deps, delivery: &Delivery, now: DateTime<Utc>) -> String {
+    if delivery.event_type != EventType::DocumentReady.as_str() {
+        return delivery.payload.clone();
+    }
+    let (Ok(mut event), Some(id)) = (
+        serde_json::from_str::<serde_json::Value>(&delivery.payload),
+        delivery.object_id,
+    ) else {
+        return delivery.payload.clone();
+    };
+    let exp = (now + deps.settings.webhooks.link_ttl).timestamp();
+    let sig = deps.settings.auth.signature_keys.sign(id, exp);
+    let url = format!(
+        "{}/api/v1/documents/{id}/download?exp={exp}&sig={sig}",
+        link_base(&deps.settings)
+    );
+    if let Some(data) = event.get_mut("data").and_then(|d| d.as_object_mut()) {
+        data.insert("download_url".into(), url.into());
+    }
+    event.to_string()
+}
+
+/// Sends one claimed delivery and records how it went.
+async fn deliver(deps: Arc<Deps>, sender: Sender, delivery: Delivery) {
+    let started = Instant::now();
+    let settings = &deps.settings.webhooks;
+    let attempt = delivery.attempts;
+    let outcome = match deps
+        .db
+        .webhook_endpoints()
+        .find(delivery.endpoint_id, None)
+        .await
+    {
+        // Deleted since: its deliveries went with it.
+        Ok(None) => return,
+        Err(err) => {
+            warn!(delivery = %delivery.id, error = %err, "cannot read a webhook endpoint; the delivery stays due");
+            return;
+        }
+        Ok(Some(endpoint)) => send(&deps, &sender, &delivery, &endpoint).await,
+    };
+    let now = common::now();
+    let (record, metric) = match &outcome {
+        Sent::Succeeded { status, response } => (
+            AttemptOutcome::Succeeded {
+                status_code: i32::from(*status),
+                response,
+            },
+            "succeeded",
+        ),
+        Sent::Failed {
+            status,
+            error,
+            response,
+            retry,
+        } => {
+            let delay = settings.retry_schedule.get(attempt.max(1) as usize - 1);
+            let retry_at = match (retry, delay) {
+                (true, Some(delay)) => Some(now + *delay),
+                _ => None,
+            };
+            let metric = if retry_at.is_some() {
+                "retried"
+            } else {
+                "failed"
+            };
+            (
+                AttemptOutcome::Failed {
+                    status_code: status.map(i32::from),
+                    error,
+                    response: response.as_deref(),
+                    retry_at,
+                },
+                metric,
+            )
+        }
+    };
+    deps.metrics.webhook_attempt(
+        &delivery.event_type,
+        metric,
+        started.elapsed().as_secs_f64(),
+    );
+    if metric == "failed" {
+        info!(delivery = %delivery.id, endpoint = %delivery.endpoint_id, attempt, "webhook delivery failed for good");
+    }
+    if let Err(err) = deps
+        .db
+        .webhook_deliveries()
+        .record(delivery.id, attempt, record)
+        .await
+    {
+        warn!(delivery = %delivery.id, error = %err, "cannot record a webhook attempt; it is sent again when its lease ends");
+    }
+}
+
+/// How an attempt went.
+enum Sent {
+    Succeeded {
+        status: u16,
+        response: String,
+    },
+    Failed {
+        status: Option<u16>,
+        error: String,
+        response: Option<String>,
+        /// Whether a later attempt may succeed (not after 410, nor to a disabled endpoint).
+        retry: bool,
+    },
+}
+
+async fn send(deps: &Deps, sender: &Sender, delivery: &Delivery, endpoint: &Endpoint) -> Sent {
+    if !endpoint.is_active {
+        return Sent::Failed {
+            status: None,
+            error: "the endpoint is disabled".to_owned(),
+            response: None,
+            retry: false,
+        };
+    }
+    let now = common::now();
+    let body = body_for(deps, delivery, now);
+    let secrets = endpoint.signing_secrets(now);
+    let secrets: Vec<&webhooks::Secret> = secrets.iter().collect();
+    let id = delivery.id.to_string();
+    let signature = signature_header(&secrets, &id, now.timestamp(), body.as_bytes());
+    match sender
+        .post(&endpoint.url, &id, now.timestamp(), signature, body)
+        .await
+    {
+        Ok((status, response)) if (200..300).contains(&status) => {
+            Sent::Succeeded { status, response }
+        }
+        Ok((410, response)) => {
+            let reason = "the endpoint answered 410 Gone";
+            if let Err(err) = deps
+                .db
+                .webhook_endpoints()
+                .disable(endpoint.id, reason)
+                .await
+            {
+                warn!(endpoint = %endpoint.id, error = %err, "cannot disable a webhook endpoint that answered 410");
+            }
+            warn!(endpoint = %endpoint.id, "webhook endpoint answered 410 Gone; disabled");
+            Sent::Failed {
+                status: Some(410),
+                error: format!("{reason}; it is now disabled"),
+                response: Some(response),
+                retry: false,
+            }
+        }
+        Ok((status, response)) => Sent::Failed {
+            status: Some(status),
+            error: match status {
+                300..400 => format!("the endpoint answered {status} (redirects are not followed)"),
+                _ => format!("the endpoint answered {status}"),
+            },
+            response: Some(response),
+            retry: true,
+        },
+        Err(error) => Sent::Failed {
+            status: None,
+            error,
+            response: None,
+            retry: true,
+        },
+    }
+}
+
+/// Claims and sends due deliveries until `stop`, up to `WEBHOOK_CONCURRENCY` at a time;
+/// then lets the attempts in flight end (each is bounded by `WEBHOOK_TIMEOUT_SECONDS`).
+pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
+    let settings = deps.settings.webhooks.clone();
+    let sender = match Sender::new(&settings) {
+        Ok(sender) => sender,
+        Err(err) => {
+            warn!(error = %err, "cannot build the webhook client; this worker sends no webhooks");
+            return;
+        }
+    };
+    let mut poll = tokio::time::interval(settings.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sending = JoinSet::new();
+    let mut last_claim_full = false;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = poll.tick() => {}
+            Some(_) = sending.join_next(), if !sending.is_empty() => {
+                while sending.try_join_next().is_some() {}
+                if !last_claim_full {
+                    continue;
+                }
+            }
+        }
+        let free = settings.concurrency.saturating_sub(sending.len());
+        if free == 0 {
+            continue;
+        }
+        let lease = common::now() + settings.timeout + LEASE_MARGIN;
+        match deps.db.webhook_deliveries().claim(free as i64, lease).await {
+            Ok(claimed) => {
+                last_claim_full = claimed.len() == free;
+                for delivery in claimed {
+                    sending.spawn(deliver(deps.clone(), sender.clone(), delivery));
+                }
+            }
+            Err(err) => {
+                last_claim_full = false;
+                warn!(error = %err, "cannot claim webhook deliveries");
+            }
+        }
+    }
+    let drain = async { while sending.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(settings.timeout + Duration::from_secs(1), drain).await;
+}
