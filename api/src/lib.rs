@@ -16,8 +16,10 @@
 //! - [`admin`]: creating the first admin (start-up bootstrap and the `create-admin`
 //!   command).
 //! - [`openapi`]: the OpenAPI description, `/docs` and its conventions.
+//! - [`console`]: `/console`, the operators' page (static files; it uses the public API).
 
 pub mod admin;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod middleware;

@@ -213,7 +213,7 @@ const SWAGGER_CSS: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui.css")
 const SWAGGER_FAVICON: &[u8] = include_bytes!("../assets/swagger-ui/favicon-32x32.png");
 
 /// A handler answering a file compiled into the binary.
-fn asset(
+pub(crate) fn asset(
     content_type: &'static str,
     bytes: &'static [u8],
 ) -> impl Fn() -> std::future::Ready<axum::response::Response> + Clone + Send + 'static {

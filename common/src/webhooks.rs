@@ -167,39 +167,50 @@ pub enum Host {
     Ip(IpAddr),
 }
 
+/// A destination as the HTTP client will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The URL parsed as the client parses it (the WHATWG URL standard): send this one.
+    pub url: url::Url,
+    pub host: Host,
+}
+
 /// What can be said of a destination without connecting: an absolute `https` URL (or
 /// `http` with `allow_private`) without credentials, whose host, when an address, is one
-/// webhooks may reach. Returns the host, whose name is to be resolved and each address
-/// checked with [`refused_address`] when connecting.
-pub fn check_url(url: &str, allow_private: bool) -> Result<Host, DestinationError> {
-    let parsed = http::Uri::try_from(url).map_err(|_| DestinationError::Invalid)?;
-    match parsed.scheme_str() {
-        Some("https") => {}
-        Some("http") if allow_private => {}
-        Some("http") => return Err(DestinationError::NotHttps),
+/// webhooks may reach. The URL is parsed as the HTTP client parses it, so every spelling
+/// of an address (`2130706433`, `0x7f.1`, `127.0.0.1.`, `127.0.0.1%2e`) is read as the
+/// address it is. A host that is a name is to be resolved and each address checked with
+/// [`refused_address`] when connecting.
+pub fn check_url(url: &str, allow_private: bool) -> Result<Destination, DestinationError> {
+    let parsed = url::Url::parse(url).map_err(|_| DestinationError::Invalid)?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if allow_private => {}
+        "http" => return Err(DestinationError::NotHttps),
         _ => return Err(DestinationError::Scheme),
     }
-    let authority = parsed.authority().ok_or(DestinationError::Invalid)?;
-    if authority.as_str().contains('@') {
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(DestinationError::Credentials);
     }
-    let host = authority.host();
-    if host.is_empty() {
-        return Err(DestinationError::Invalid);
-    }
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<IpAddr>() {
-        Ok(ip) => {
-            if !allow_private && let Some(kind) = refused_address(ip) {
-                return Err(DestinationError::Address {
-                    host: host.to_owned(),
-                    kind,
-                });
-            }
-            Ok(Host::Ip(ip))
+    let ip = match parsed.host() {
+        None => return Err(DestinationError::Invalid),
+        Some(url::Host::Domain(name)) => {
+            let host = Host::Name(name.to_ascii_lowercase());
+            return Ok(Destination { url: parsed, host });
         }
-        Err(_) => Ok(Host::Name(host.to_ascii_lowercase())),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+    };
+    if !allow_private && let Some(kind) = refused_address(ip) {
+        return Err(DestinationError::Address {
+            host: ip.to_string(),
+            kind,
+        });
     }
+    Ok(Destination {
+        url: parsed,
+        host: Host::Ip(ip),
+    })
 }
 
 /// Why webhooks never go to `ip`, or `None` when they may: the kind of address, for the
@@ -346,25 +357,43 @@ mod tests {
     #[test]
     fn urls_are_judged_before_any_connection() {
         assert_eq!(
-            check_url("https://hooks.example.com/in", false),
+            check_url("https://hooks.example.com/in", false).map(|d| d.host),
             Ok(Host::Name("hooks.example.com".into()))
         );
+        let error = |url| check_url(url, false).err();
         assert_eq!(
-            check_url("http://hooks.example.com/in", false),
-            Err(DestinationError::NotHttps)
+            error("http://hooks.example.com/in"),
+            Some(DestinationError::NotHttps)
         );
         assert_eq!(
-            check_url("ftp://hooks.example.com/in", true),
-            Err(DestinationError::Scheme)
+            check_url("ftp://hooks.example.com/in", true).err(),
+            Some(DestinationError::Scheme)
         );
         assert_eq!(
-            check_url("hooks.example.com/in", true),
-            Err(DestinationError::Invalid)
+            check_url("hooks.example.com/in", true).err(),
+            Some(DestinationError::Invalid)
         );
         assert_eq!(
-            check_url("https://user:pw@hooks.example.com/", false),
-            Err(DestinationError::Credentials)
+            error("https://user:pw@hooks.example.com/"),
+            Some(DestinationError::Credentials)
         );
+        // Every spelling of a loopback address is one.
+        for url in [
+            "https://2130706433/",
+            "https://0x7f.1/",
+            "https://0177.0.0.1/",
+            "https://127.0.0.1./",
+            "https://127.0.0.1%2e/",
+            "https://127.1/",
+            "https://[0:0:0:0:0:0:0:1]/",
+            "https://0/",
+        ] {
+            assert!(
+                matches!(error(url), Some(DestinationError::Address { .. })),
+                "{url}: {:?}",
+                check_url(url, false)
+            );
+        }
         assert!(matches!(
             check_url("https://127.0.0.1:8443/in", false),
             Err(DestinationError::Address {
@@ -377,7 +406,7 @@ mod tests {
             Err(DestinationError::Address { .. })
         ));
         assert_eq!(
-            check_url("http://127.0.0.1:8080/in", true),
+            check_url("http://127.0.0.1:8080/in", true).map(|d| d.host),
             Ok(Host::Ip("127.0.0.1".parse().unwrap()))
         );
     }

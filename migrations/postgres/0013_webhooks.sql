@@ -34,7 +34,11 @@ CREATE TABLE webhook_deliveries (
     -- The event as first written: {"type", "timestamp", "data"}.
     payload          TEXT NOT NULL,
     status           TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'succeeded', 'failed')),
+    -- Attempts in the current schedule (a redelivery starts it again).
     attempts         INTEGER NOT NULL DEFAULT 0,
+    -- Claims ever made, never reset: only the attempt of the latest claim records its
+    -- outcome, even across a redelivery.
+    claims           INTEGER NOT NULL DEFAULT 0,
     -- When a pending delivery is next due; while an attempt runs, when it is due again
     -- should its worker die.
     next_attempt_at  TIMESTAMPTZ,

@@ -106,10 +106,13 @@ impl Sender {
         signature: String,
         body: String,
     ) -> Result<(u16, String), String> {
-        webhooks::check_url(url, self.allow_private).map_err(|e| e.to_string())?;
+        // Parsed as the client parses it: an address in any spelling is checked as one (the
+        // client connects to an address host without asking the resolver).
+        let destination =
+            webhooks::check_url(url, self.allow_private).map_err(|e| e.to_string())?;
         let response = self
             .client
-            .post(url)
+            .post(destination.url)
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
@@ -264,7 +267,7 @@ async fn deliver(deps: Arc<Deps>, sender: Sender, delivery: Delivery) {
     if let Err(err) = deps
         .db
         .webhook_deliveries()
-        .record(delivery.id, attempt, record)
+        .record(delivery.id, delivery.claims, record)
         .await
     {
         warn!(delivery = %delivery.id, error = %err, "cannot record a webhook attempt; it is sent again when its lease ends");

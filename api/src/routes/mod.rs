@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, api) = described_routes();
     routes
         .merge(crate::openapi::router(&api))
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::not_found("Not found.") })
         .layer(DefaultBodyLimit::max(state.settings.http.max_body_bytes))
         .layer(CatchPanicLayer::custom(

@@ -4,8 +4,9 @@
 //! ([`common::db::webhooks`]).
 //!
 //! An endpoint belongs to its creator and hears of the documents and batches the creator
-//! owns; an admin may give one `scope: "all"`. Managers and admins see and act on every
-//! endpoint (the operators' side), agents on their own; another's answers 404.
+//! owns; an admin may give one `scope: "all"`. Managers and admins see every endpoint and
+//! its log, send test events and redeliver (the operators' side); only the owner or an
+//! admin changes, rotates or deletes one. Agents reach their own; another's answers 404.
 
 use std::time::Duration;
 
@@ -77,7 +78,8 @@ async fn check_destination(state: &AppState, field: &str, url: &str) -> ApiResul
     }
     let allow_private = state.settings.webhooks.allow_private_networks;
     let host = webhooks::check_url(url, allow_private)
-        .map_err(|e| ApiError::invalid(field, e.to_string()))?;
+        .map_err(|e| ApiError::invalid(field, e.to_string()))?
+        .host;
     let Host::Name(name) = host else {
         return Ok(());
     };
@@ -191,6 +193,22 @@ pub async fn create(
     })
 }
 
+/// The endpoint, if the caller may change it: its owner, or an admin. A manager sees every
+/// endpoint but changes only their own: changing another's URL or secret would hand them
+/// its events.
+async fn find_to_change(state: &AppState, caller: &AuthUser, id: Uuid) -> ApiResult<Endpoint> {
+    let owner = match caller.require(Role::Admin) {
+        Ok(()) => None,
+        Err(_) => Some(caller.id()),
+    };
+    state
+        .db
+        .webhook_endpoints()
+        .find(id, owner)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Webhook endpoint not found."))
+}
+
 /// The endpoint, if the caller may see it.
 pub async fn find(state: &AppState, caller: &AuthUser, id: Uuid) -> ApiResult<Endpoint> {
     state
@@ -222,7 +240,7 @@ pub async fn update(
     id: Uuid,
     changes: EndpointChanges,
 ) -> ApiResult<Endpoint> {
-    let endpoint = find(state, caller, id).await?;
+    let endpoint = find_to_change(state, caller, id).await?;
     let events = changes.events.as_deref().map(check_events).transpose()?;
     let description = changes.description.as_ref().map(|d| d.as_deref());
     check_description(description.flatten())?;
@@ -251,7 +269,7 @@ pub async fn delete(
     caller: &AuthUser,
     id: Uuid,
 ) -> ApiResult<()> {
-    let endpoint = find(state, caller, id).await?;
+    let endpoint = find_to_change(state, caller, id).await?;
     if !state.db.webhook_endpoints().delete(endpoint.id).await? {
         return Err(ApiError::not_found("Webhook endpoint not found."));
     }
@@ -267,7 +285,7 @@ pub async fn rotate(
     caller: &AuthUser,
     id: Uuid,
 ) -> ApiResult<EndpointWithSecret> {
-    let endpoint = find(state, caller, id).await?;
+    let endpoint = find_to_change(state, caller, id).await?;
     let secret = Secret::generate();
     let until = common::now() + state.settings.webhooks.secret_overlap;
     let endpoint = state
@@ -291,7 +309,17 @@ pub async fn test(
     id: Uuid,
 ) -> ApiResult<Delivery> {
     let endpoint = find(state, caller, id).await?;
-    let delivery = state.db.webhook_deliveries().create_test(&endpoint).await?;
+    let delivery = state
+        .db
+        .webhook_deliveries()
+        .create_test(&endpoint)
+        .await?
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "endpoint_disabled",
+                "The endpoint is turned off; turn it on (is_active) to send to it.",
+            )
+        })?;
     audit(state, meta, caller, "webhook_tested", &endpoint).await;
     Ok(delivery)
 }

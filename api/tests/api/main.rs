@@ -9,6 +9,7 @@ mod batches;
 mod business;
 mod cancel_retry;
 mod cli;
+mod console;
 mod documents;
 mod formats;
 mod lifecycle;

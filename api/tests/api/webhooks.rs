@@ -161,6 +161,40 @@ async fn endpoints_are_checked_owned_and_audited(app: &TestApp) {
         .get(&format!("/api/v1/webhooks/{id}"), Some(&admin))
         .await;
     assert_eq!(res.status(), StatusCode::OK);
+    // A manager sees it and may test it, but changes only their own: changing another's
+    // URL or secret would hand them its events.
+    app.create_user(&admin, "hooks-manager@example.com", "manager")
+        .await;
+    let manager = app
+        .login("hooks-manager@example.com", "password-123")
+        .await
+        .access_token;
+    let res = app
+        .get(&format!("/api/v1/webhooks/{id}"), Some(&manager))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = post(app, &manager, &format!("/api/v1/webhooks/{id}/test")).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let patch = app
+        .client
+        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
+        .bearer_auth(&manager)
+        .json(&json!({"url": "https://manager.example.com/"}))
+        .send()
+        .await
+        .unwrap();
+    let rotate = post(
+        app,
+        &manager,
+        &format!("/api/v1/webhooks/{id}/rotate-secret"),
+    )
+    .await;
+    let delete = app
+        .delete(&format!("/api/v1/webhooks/{id}"), Some(&manager))
+        .await;
+    for res in [patch, rotate, delete] {
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    }
 
     // Validation names the field; nothing is created.
     for (body, field) in [
@@ -218,6 +252,9 @@ async fn endpoints_are_checked_owned_and_audited(app: &TestApp) {
     assert_eq!(patched["description"], Value::Null);
     assert_eq!(patched["is_active"], false);
     assert_eq!(patched["url"], "https://hooks.example.com/in");
+    let res = post(app, &agent, &format!("/api/v1/webhooks/{id}/test")).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(res).await, "endpoint_disabled");
     let res = app
         .client
         .patch(app.url(&format!("/api/v1/webhooks/{id}")))
@@ -621,6 +658,11 @@ async fn private_destinations_are_refused(app: &TestApp) {
         "https://169.254.169.254/latest/meta-data/".to_owned(),
         "https://10.0.0.8/".to_owned(),
         "https://192.168.1.20/".to_owned(),
+        // Other spellings of 127.0.0.1, read as the HTTP client reads them.
+        format!("https://2130706433:{port}/"),
+        format!("https://0x7f.1:{port}/"),
+        format!("https://127.0.0.1.:{port}/"),
+        format!("https://127.0.0.1%2e:{port}/"),
     ] {
         let res = app
             .post_json(
@@ -645,34 +687,45 @@ async fn private_destinations_are_refused(app: &TestApp) {
     let owner: uuid::Uuid = user["id"].as_str().unwrap().parse().unwrap();
     let secret = common::webhooks::Secret::generate();
     let events = common::db::webhooks::EventList(vec!["*".into()]);
-    let url = format!("https://localhost:{port}/in");
-    let endpoint = app
-        .state
-        .db
-        .webhook_endpoints()
-        .create(common::db::webhooks::NewEndpoint {
-            owner_id: owner,
-            url: &url,
-            description: None,
-            events: &events,
-            scope: "own",
-            secret: &secret,
+    for (url, expected) in [
+        (
+            format!("https://localhost:{port}/in"),
+            "resolves only to addresses where webhooks are not sent (127.0.0.1",
+        ),
+        (
+            format!("https://2130706433:{port}/in"),
+            "127.0.0.1 is a loopback address",
+        ),
+        (
+            format!("https://127.0.0.1.:{port}/in"),
+            "127.0.0.1 is a loopback address",
+        ),
+    ] {
+        let endpoint = app
+            .state
+            .db
+            .webhook_endpoints()
+            .create(common::db::webhooks::NewEndpoint {
+                owner_id: owner,
+                url: &url,
+                description: None,
+                events: &events,
+                scope: "own",
+                secret: &secret,
+            })
+            .await
+            .unwrap();
+        let id = endpoint.id.to_string();
+        let res = post(app, &agent, &format!("/api/v1/webhooks/{id}/test")).await;
+        let test: Value = res.json().await.unwrap();
+        let attempt = until_delivery(app, &agent, &id, test["id"].as_str().unwrap(), |d| {
+            d["attempts"] == 1 && d["last_error"].is_string()
         })
-        .await
-        .unwrap();
-    let id = endpoint.id.to_string();
-    let res = post(app, &agent, &format!("/api/v1/webhooks/{id}/test")).await;
-    let test: Value = res.json().await.unwrap();
-    let attempt = until_delivery(app, &agent, &id, test["id"].as_str().unwrap(), |d| {
-        d["attempts"] == 1 && d["last_error"].is_string()
-    })
-    .await;
-    let error = attempt["last_error"].as_str().unwrap();
-    assert!(
-        error.contains("localhost") && error.contains("127.0.0.1"),
-        "{error}"
-    );
-    assert_eq!(attempt["last_status_code"], Value::Null);
+        .await;
+        let error = attempt["last_error"].as_str().unwrap();
+        assert!(error.contains(expected), "{url}: {error}");
+        assert_eq!(attempt["last_status_code"], Value::Null);
+    }
     assert!(
         receiver.received().is_empty(),
         "nothing may reach a private address"
@@ -795,6 +848,17 @@ async fn a_batch_announces_its_completion_once(backend: Backend) {
     assert_eq!(event["data"]["ready"], 60);
     assert_eq!(event["data"]["queued"], 0);
     assert_eq!(event["data"]["processing"], 0);
+    // Cancelling it now changes nothing and announces nothing.
+    let res = post(
+        &app,
+        &agent,
+        &format!(
+            "/api/v1/document-batches/{}/cancel",
+            batch["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
     // No second announcement, and no document events (not subscribed): a test event sent
     // now is the next request.
     let endpoint: Value = app

@@ -411,16 +411,12 @@ impl Batches<'_> {
             super::webhooks::taking(&listeners, crate::webhooks::EventType::BatchCompleted);
         on_db!(self.0, pool => {
             let mut tx = pool.begin().await.db()?;
-            let newly_cancelled = sqlx::query(
-                "UPDATE document_batches SET cancelled_at = $2 WHERE id = $1 AND cancelled_at IS NULL",
-            )
-            .bind(batch.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .db()?
-            .rows_affected()
-                == 1;
+            sqlx::query("UPDATE document_batches SET cancelled_at = $2 WHERE id = $1 AND cancelled_at IS NULL")
+                .bind(batch.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .db()?;
             let cancelled = sqlx::query(
                 "UPDATE generated_documents SET status = 'cancelled', lease_until = NULL, finished_at = $2, updated_at = $2 \
                  WHERE batch_id = $1 AND status = 'queued'",
@@ -431,7 +427,10 @@ impl Batches<'_> {
             .await
             .db()?
             .rows_affected();
-            if (newly_cancelled || cancelled > 0) && !for_batch.is_empty() {
+            // Only a cancel that stopped items can be what completes the batch: a batch
+            // finished already was announced then, and one with items still rendering is
+            // announced by the last of them.
+            if cancelled > 0 && !for_batch.is_empty() {
                 announce_if_complete!(tx, batch.id, &for_batch).await?;
             }
             tx.commit().await.db()?;

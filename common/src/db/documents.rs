@@ -429,19 +429,35 @@ impl Documents<'_> {
         })
     }
 
-    /// Marks a ready document failed (its stored object vanished).
+    /// Marks a ready document failed (its stored object vanished), with its
+    /// `document.failed` deliveries in the same transaction. False when it was not ready.
     pub async fn mark_lost(&self, id: Uuid, error: &str) -> DbResult<bool> {
-        on_db!(self.0, pool => sqlx::query(
-            "UPDATE generated_documents SET status = 'failed', error = $2, updated_at = $3 \
-             WHERE id = $1 AND status = 'ready'",
-        )
-        .bind(id)
-        .bind(error)
-        .bind(crate::now())
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected() == 1))
-        .db()
+        on_db!(self.0, pool => {
+            let mut tx = pool.begin().await.db()?;
+            let lost = sqlx::query_as::<_, Document>(concat!(
+                "UPDATE generated_documents SET status = 'failed', error = $2, updated_at = $3 \
+                 WHERE id = $1 AND status = 'ready' RETURNING ",
+                columns!()
+            ))
+            .bind(id)
+            .bind(error)
+            .bind(crate::now())
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?;
+            let Some(doc) = lost else {
+                return Ok(false);
+            };
+            let listeners: Vec<webhooks::Listener> = sqlx::query_as(webhooks::LISTENERS)
+                .bind(doc.owner_id)
+                .fetch_all(&mut *tx)
+                .await
+                .db()?;
+            let endpoints = webhooks::taking(&listeners, EventType::DocumentFailed);
+            insert_deliveries!(tx, &endpoints, EventType::DocumentFailed, Some(doc.id), &doc).await?;
+            tx.commit().await.db()?;
+            Ok(true)
+        })
     }
 
     /// Whether a document row exists.

@@ -23,15 +23,16 @@ macro_rules! endpoint_columns {
 
 macro_rules! delivery_columns {
     () => {
-        "id, endpoint_id, event_type, object_id, payload, status, attempts, next_attempt_at, \
+        "id, endpoint_id, event_type, object_id, payload, status, attempts, claims, next_attempt_at, \
          last_status_code, last_error, last_response, created_at, delivered_at, updated_at"
     };
 }
 
 /// Writes one pending delivery of `$event` (an [`EventType`]) about `$object_id` to each
-/// endpoint id in `$endpoints`, on the open transaction `$tx`, with `$data` (anything
-/// `Serialize`) as the event's `data`. Evaluates to a `DbResult<Vec<Uuid>>` of the new
-/// deliveries' ids.
+/// endpoint id in `$endpoints` that still exists and is active, on the open transaction
+/// `$tx`, with `$data` (anything `Serialize`) as the event's `data`. Evaluates to a
+/// `DbResult<Vec<Uuid>>` of the new deliveries' ids. (An endpoint deleted or turned off
+/// since it was chosen is skipped, never a reason for the change itself to fail.)
 macro_rules! insert_deliveries {
     ($tx:expr, $endpoints:expr, $event:expr, $object_id:expr, $data:expr) => {
         async {
@@ -40,10 +41,11 @@ macro_rules! insert_deliveries {
             let mut ids = Vec::new();
             for endpoint in $endpoints {
                 let id = uuid::Uuid::now_v7();
-                sqlx::query(
+                let written = sqlx::query(
                     "INSERT INTO webhook_deliveries (id, endpoint_id, event_type, object_id, payload, status, \
-                     attempts, next_attempt_at, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
+                     attempts, claims, next_attempt_at, created_at, updated_at) \
+                     SELECT $1, id, $3, $4, $5, 'pending', 0, 0, $6, $6, $6 FROM webhook_endpoints \
+                     WHERE id = $2 AND is_active",
                 )
                 .bind(id)
                 .bind(endpoint)
@@ -53,8 +55,11 @@ macro_rules! insert_deliveries {
                 .bind(now)
                 .execute(&mut *$tx)
                 .await
-                .db()?;
-                ids.push(id);
+                .db()?
+                .rows_affected();
+                if written == 1 {
+                    ids.push(id);
+                }
             }
             Ok::<Vec<uuid::Uuid>, $crate::db::DbError>(ids)
         }
@@ -174,6 +179,10 @@ pub struct Delivery {
     /// `pending`, `succeeded` or `failed`.
     pub status: String,
     pub attempts: i32,
+    /// Claims ever made (not reset by a redelivery): the attempt of the latest one is the
+    /// only one whose outcome counts.
+    #[serde(skip)]
+    pub claims: i32,
     /// When a pending delivery is next tried.
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_status_code: Option<i32>,
@@ -214,6 +223,12 @@ pub struct FailingDelivery {
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// `text` without NUL characters, which Postgres cannot store in text (an endpoint's answer
+/// may hold any byte).
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
 }
 
 /// The smallest UUIDv7 of the millisecond `at`: every id made at or after `at` is greater.
@@ -364,15 +379,17 @@ impl Endpoints<'_> {
     /// The active endpoints that hear of `owner`'s documents and batches (theirs, and those
     /// scoped to everyone), with what each subscribes to.
     pub async fn listeners(&self, owner: Uuid) -> DbResult<Vec<Listener>> {
-        on_db!(self.0, pool => sqlx::query_as::<_, Listener>(
-            "SELECT id, events FROM webhook_endpoints WHERE is_active AND (owner_id = $1 OR scope = 'all')",
-        )
+        on_db!(self.0, pool => sqlx::query_as::<_, Listener>(LISTENERS)
         .bind(owner)
         .fetch_all(pool)
         .await)
         .db()
     }
 }
+
+/// The active endpoints that hear of owner `$1`'s documents and batches.
+pub(crate) const LISTENERS: &str =
+    "SELECT id, events FROM webhook_endpoints WHERE is_active AND (owner_id = $1 OR scope = 'all')";
 
 /// An endpoint as events are routed to it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -394,8 +411,9 @@ pub fn taking(listeners: &[Listener], event: EventType) -> Vec<Uuid> {
 pub struct Deliveries<'a>(pub(super) &'a Db);
 
 impl Deliveries<'_> {
-    /// A `webhook.test` delivery to `endpoint`, due now.
-    pub async fn create_test(&self, endpoint: &Endpoint) -> DbResult<Delivery> {
+    /// A `webhook.test` delivery to `endpoint`, due now; `None` when the endpoint is off
+    /// (or gone).
+    pub async fn create_test(&self, endpoint: &Endpoint) -> DbResult<Option<Delivery>> {
         #[derive(Serialize)]
         struct Test<'a> {
             endpoint_id: Uuid,
@@ -408,11 +426,14 @@ impl Deliveries<'_> {
         on_db!(self.0, pool => {
             let mut tx = pool.begin().await.db()?;
             let ids = insert_deliveries!(tx, [endpoint.id], EventType::Test, Some(endpoint.id), &data).await?;
+            let Some(&id) = ids.first() else {
+                return Ok(None);
+            };
             let delivery = sqlx::query_as::<_, Delivery>(concat!(
                 "SELECT ", delivery_columns!(), " FROM webhook_deliveries WHERE id = $1"
             ))
-            .bind(ids[0])
-            .fetch_one(&mut *tx)
+            .bind(id)
+            .fetch_optional(&mut *tx)
             .await
             .db()?;
             tx.commit().await.db()?;
@@ -471,7 +492,7 @@ impl Deliveries<'_> {
         let now = crate::now();
         match self.0.pool() {
             super::Pool::Postgres(pool) => sqlx::query_as::<_, Delivery>(concat!(
-                "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $1 \
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, claims = claims + 1, next_attempt_at = $2, updated_at = $1 \
                  WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
                  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
                 delivery_columns!()
@@ -484,7 +505,7 @@ impl Deliveries<'_> {
             .db(),
             // One writer at a time: the subquery and the update see the same rows.
             super::Pool::Sqlite(pool) => sqlx::query_as::<_, Delivery>(concat!(
-                "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $1 \
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, claims = claims + 1, next_attempt_at = $2, updated_at = $1 \
                  WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
                  ORDER BY next_attempt_at LIMIT $3) RETURNING ",
                 delivery_columns!()
@@ -498,12 +519,13 @@ impl Deliveries<'_> {
         }
     }
 
-    /// Records how attempt number `attempt` went. False when the row was claimed again
-    /// since (this attempt's lease ran out) or redelivered: the outcome is then dropped.
+    /// Records how the attempt of claim number `claim` went. False when the row was claimed
+    /// again since (this attempt's lease ran out, or it was redelivered and sent again):
+    /// the outcome is then dropped. Text the database cannot store (NUL) is replaced.
     pub async fn record(
         &self,
         id: Uuid,
-        attempt: i32,
+        claim: i32,
         outcome: AttemptOutcome<'_>,
     ) -> DbResult<bool> {
         let now = crate::now();
@@ -536,14 +558,14 @@ impl Deliveries<'_> {
         on_db!(self.0, pool => sqlx::query(
             "UPDATE webhook_deliveries SET status = $3, last_status_code = $4, last_error = $5, last_response = $6, \
              next_attempt_at = $7, delivered_at = $8, updated_at = $9 \
-             WHERE id = $1 AND attempts = $2 AND status = 'pending'",
+             WHERE id = $1 AND claims = $2 AND status = 'pending'",
         )
         .bind(id)
-        .bind(attempt)
+        .bind(claim)
         .bind(status)
         .bind(code)
-        .bind(error)
-        .bind(response)
+        .bind(error.map(storable))
+        .bind(response.map(storable))
         .bind(next)
         .bind(delivered)
         .bind(now)
@@ -645,6 +667,7 @@ mod tests {
                     .create_test(&endpoint)
                     .await
                     .unwrap()
+                    .unwrap()
                     .id,
             );
         }
@@ -665,7 +688,7 @@ mod tests {
         let failed = AttemptOutcome::Failed {
             status_code: Some(500),
             error: "the endpoint answered 500",
-            response: Some("boom"),
+            response: Some("bo\0om"),
             retry_at: Some(retry_at),
         };
         assert!(deliveries.record(made[0], 1, failed).await.unwrap());
@@ -682,13 +705,39 @@ mod tests {
             again.iter().map(|d| (d.id, d.attempts)).collect::<Vec<_>>(),
             [(made[0], 2)]
         );
-        assert_eq!(again[0].last_response.as_deref(), Some("boom"));
+        assert_eq!(
+            again[0].last_response.as_deref(),
+            Some("bo\u{fffd}om"),
+            "a NUL is stored replaced"
+        );
         let done = AttemptOutcome::Succeeded {
             status_code: 204,
             response: "",
         };
         assert!(deliveries.record(made[0], 2, done).await.unwrap());
         assert_eq!(deliveries.pending().await.unwrap(), 4);
+
+        // Redelivered: the schedule starts again, and an attempt still running from before
+        // can no longer record over the new one.
+        let again = deliveries
+            .redeliver(endpoint.id, made[0])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.status.as_str(), again.attempts), ("pending", 0));
+        let claimed = deliveries.claim(5, lease).await.unwrap();
+        let claims: Vec<_> = claimed.iter().map(|d| (d.attempts, d.claims)).collect();
+        assert_eq!(claims, [(1, 3)]);
+        let late = AttemptOutcome::Succeeded {
+            status_code: 200,
+            response: "",
+        };
+        assert!(!deliveries.record(made[0], 2, late).await.unwrap());
+        let done = AttemptOutcome::Succeeded {
+            status_code: 200,
+            response: "",
+        };
+        assert!(deliveries.record(made[0], 3, done).await.unwrap());
 
         let pruned = deliveries
             .prune(crate::now() + chrono::TimeDelta::seconds(1), 100)

@@ -1,0 +1,29 @@
+//! `GET /console`: the operators' console, a single page for managers and admins, served
+//! from files compiled into the binary (`api/assets/console`: HTML, CSS and JavaScript, no
+//! external asset, no build step). It signs in through `/api/v1/auth/login`, keeps its
+//! tokens in the tab's `sessionStorage`, reads `/api/v1/ops/*`, documents and batches every
+//! few seconds, and acts (retry, cancel, redeliver) through the public API, so every action
+//! is checked and audited like any other call.
+
+use axum::Router;
+use axum::routing::get;
+
+use crate::AppState;
+use crate::openapi::asset;
+
+const INDEX: &[u8] = include_bytes!("../assets/console/index.html");
+const SCRIPT: &[u8] = include_bytes!("../assets/console/console.js");
+const STYLE: &[u8] = include_bytes!("../assets/console/console.css");
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(asset("text/html; charset=utf-8", INDEX)))
+        .route(
+            "/console/console.js",
+            get(asset("text/javascript; charset=utf-8", SCRIPT)),
+        )
+        .route(
+            "/console/console.css",
+            get(asset("text/css; charset=utf-8", STYLE)),
+        )
+}

@@ -1,0 +1,120 @@
+//! The operators' console in a real browser (Debian's Chromium, driven by Playwright from
+//! `api/tests/console/console.cjs`): an admin signs in, sees a failed document with its
+//! error, retries it and sees it ready, cancels a running batch and sees its bar stop, and
+//! the page fits a phone's width. Screenshots go to `<target>/tmp/console/`.
+
+use std::path::PathBuf;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, Backend, spawn_app_with};
+
+/// `playwright-core`, installed by `scripts/tools --test` under `~/.cache`.
+fn playwright_core() -> PathBuf {
+    let home = std::env::var("HOME").expect("HOME");
+    let package =
+        PathBuf::from(home).join(".cache/monassurance-console/node_modules/playwright-core");
+    assert!(
+        package.exists(),
+        "{} is missing: run scripts/tools --test (it installs Chromium and playwright-core)",
+        package.display()
+    );
+    package
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_retries_a_failure_and_cancels_a_batch_in_the_console() {
+    // Worker processes beside an embedded-mode API, so the test can swap them; a bulk window
+    // of 2 keeps most of the batch queued while the browser works.
+    let app = spawn_app_with(Backend::Sqlite, &[("BULK_WINDOW", "2")], false).await;
+    let admin = app.admin().await.access_token;
+
+    // A worker short of template fuel fails a template that loops; a healthy one renders it.
+    let looping = app
+        .create_template(&admin, "Loops", "{% for i in range(3000) %}.{% endfor %}")
+        .await;
+    let mut starved = app.start_worker(&[("RENDER_FUEL", "500"), ("JOB_MAX_ATTEMPTS", "1")]);
+    let doc = app
+        .generate(
+            &admin,
+            &json!({"document_type": "statement", "template_id": looping["id"]}),
+        )
+        .await;
+    let doc_id = doc["id"].as_str().unwrap().to_owned();
+    let failed = app.wait_for_document(&admin, &doc_id).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap().to_owned();
+    starved.kill().await.unwrap();
+
+    let items: Vec<Value> = (0..3000)
+        .map(|n| json!({"inline_context": {"n": n}}))
+        .collect();
+    let res = app
+        .post_json(
+            "/api/v1/document-batches",
+            Some(&admin),
+            &json!({"document_type": "quote", "items": items}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let batch: Value = res.json().await.unwrap();
+    let batch_id = batch["id"].as_str().unwrap().to_owned();
+    let _healthy = app.start_worker(&[("WORKER_CONCURRENCY", "1")]);
+
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/console/console.cjs");
+    let output = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("CONSOLE_URL", &app.address)
+        .env("EMAIL", ADMIN_EMAIL)
+        .env("PASSWORD", ADMIN_PASSWORD)
+        .env("DOCUMENT_ID", &doc_id)
+        .env("DOCUMENT_ERROR", &error)
+        .env("BATCH_ID", &batch_id)
+        .env("SCREENSHOTS", &shots)
+        .env("PLAYWRIGHT_CORE", playwright_core())
+        .output()
+        .await
+        .expect("node runs (scripts/tools --test installs it)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the browser test failed:\n{said}");
+    eprintln!("{said}screenshots in {}", shots.display());
+
+    // What the browser saw is what the API says, and each action was audited.
+    let doc: Value = app
+        .get(&format!("/api/v1/documents/{doc_id}"), Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["status"], "ready");
+    let batch: Value = app
+        .get(
+            &format!("/api/v1/document-batches/{batch_id}"),
+            Some(&admin),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(batch["status"], "cancelled");
+    assert!(batch["cancelled"].as_i64().unwrap() > 0, "{batch}");
+    assert!(batch["finished_at"].is_string(), "{batch}");
+    assert!(app.audited(&admin, "document_retried", &doc_id).await);
+    assert!(app.audited(&admin, "batch_cancelled", &batch_id).await);
+    for shot in [
+        "1-failure.png",
+        "2-retried-ready.png",
+        "3-batch-cancelled.png",
+        "4-phone.png",
+    ] {
+        assert!(shots.join(shot).metadata().unwrap().len() > 1000, "{shot}");
+    }
+    app.stop().await;
+}
