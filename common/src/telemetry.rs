@@ -6,6 +6,7 @@
 //! (`/api/v1/documents/{id}`), never by the raw path, so cardinality stays bounded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -85,6 +86,9 @@ pub struct ScopeLabels {
     pub scope: String,
 }
 
+/// The content type of [`Metrics::encode`]'s output, for `/metrics` answers.
+pub const EXPOSITION: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -107,9 +111,11 @@ pub struct Metrics {
     /// outbox relay once the queue answers.
     pub deferred: Counter,
     /// PDF engine processes killed and replaced (timeout, crash), and retired after their
-    /// job quota; gauges mirroring the engine's own counters.
-    pub engine_restarts: Gauge,
-    pub engine_recycled: Gauge,
+    /// job quota: counters following the engine's own (see [`Metrics::engine_totals`]).
+    pub engine_restarts: Counter,
+    pub engine_recycled: Counter,
+    /// The engine totals already counted: restarts, recycled.
+    engine_counted: Arc<[AtomicU64; 2]>,
     /// Requests refused with 429, by limiter scope (`login_ip`, `login_account`, `auth`,
     /// `default`, `download_user`, `download_link`).
     pub rate_limited: Family<ScopeLabels, Counter>,
@@ -147,8 +153,8 @@ impl Metrics {
         let batch_items = Counter::default();
         let reconciled = Counter::default();
         let deferred = Counter::default();
-        let engine_restarts = Gauge::default();
-        let engine_recycled = Gauge::default();
+        let engine_restarts = Counter::default();
+        let engine_recycled = Counter::default();
         let rate_limited = Family::<ScopeLabels, Counter>::default();
         registry.register(
             "rate_limited",
@@ -251,6 +257,7 @@ impl Metrics {
             deferred,
             engine_restarts,
             engine_recycled,
+            engine_counted: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             rate_limited,
             http_requests,
             http_duration,
@@ -260,7 +267,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics text exposition of every metric (what prometheus-client writes:
+    /// counters named `…_total`, a closing `# EOF`), to be served with [`EXPOSITION`].
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -323,6 +331,23 @@ impl Metrics {
                 scope: scope.to_owned(),
             })
             .inc();
+    }
+
+    /// Brings the PDF engine counters up to the engine's own totals. Concurrent callers
+    /// never count the same restart twice: each counts only past what was counted before.
+    pub fn engine_totals(&self, restarts: u64, recycled: u64) {
+        for (i, (total, counter)) in [
+            (restarts, &self.engine_restarts),
+            (recycled, &self.engine_recycled),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let before = self.engine_counted[i].fetch_max(total, Ordering::Relaxed);
+            if total > before {
+                counter.inc_by(total - before);
+            }
+        }
     }
 
     /// Counts a webhook delivery attempt and how long it took.

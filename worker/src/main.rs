@@ -40,7 +40,15 @@ async fn main() -> anyhow::Result<()> {
         .route("/health", get(health))
         .route(
             "/metrics",
-            get(|State(deps): State<Arc<Deps>>| async move { deps.metrics.encode() }),
+            get(|State(deps): State<Arc<Deps>>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        common::telemetry::EXPOSITION,
+                    )],
+                    deps.metrics.encode(),
+                )
+            }),
         )
         .with_state(deps.clone());
     tokio::spawn(async move { axum::serve(listener, http).await });

@@ -267,8 +267,8 @@ async fn render_and_store(
         context,
     )
     .await;
-    deps.metrics.engine_restarts.set(deps.pdf.restarts() as i64);
-    deps.metrics.engine_recycled.set(deps.pdf.recycled() as i64);
+    deps.metrics
+        .engine_totals(deps.pdf.restarts(), deps.pdf.recycled());
     let bytes = bytes?;
     let render_time = started.elapsed().as_secs_f64();
     timings.render_ms = render_time * 1000.0;

@@ -112,7 +112,7 @@ async fn health_db(State(state): State<AppState>) -> Response {
 #[utoipa::path(
     get, path = "/metrics", tag = "operations", operation_id = "metrics",
     responses(
-        (status = 200, description = "Prometheus text exposition.", content_type = "text/plain", body = String),
+        (status = 200, description = "The OpenMetrics text exposition (Prometheus scrapes it).", content_type = "application/openmetrics-text", body = String),
         (status = 404, description = "Metrics are disabled (`ENABLE_METRICS=false`).", body = ErrorBody),
     )
 )]
@@ -127,10 +127,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .set(by_lane.iter().map(|(_, n)| n).sum());
     state.metrics.set_lane_depths(&by_lane);
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, common::telemetry::EXPOSITION)],
         state.metrics.encode(),
     )
         .into_response())

@@ -530,7 +530,17 @@ impl TestApp {
     pub async fn metrics(&self) -> Metrics {
         let res = self.get("/metrics", None).await;
         assert_eq!(res.status(), StatusCode::OK, "GET /metrics");
-        Metrics::parse(&res.text().await.unwrap())
+        // The content type says the format the body is written in.
+        assert_eq!(
+            res.headers()["content-type"],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let text = res.text().await.unwrap();
+        assert!(
+            text.ends_with("# EOF\n"),
+            "an OpenMetrics exposition ends with # EOF"
+        );
+        Metrics::parse(&text)
     }
 
     pub async fn post_json(

@@ -330,7 +330,7 @@ async fn the_worker_serves_its_own_health_and_metrics() {
         ),
         3.0
     );
-    assert_eq!(metrics.value("pdf_engine_restarts", &[]), 0.0);
+    assert_eq!(metrics.value("pdf_engine_restarts_total", &[]), 0.0);
     assert_eq!(
         app.metrics().await.get(
             "documents_total",

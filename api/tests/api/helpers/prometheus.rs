@@ -13,7 +13,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Reads the text exposition format (version 0.0.4); panics on a line it cannot read.
+    /// Reads the OpenMetrics text exposition (samples as in the Prometheus text format);
+    /// panics on a line it cannot read.
     pub fn parse(text: &str) -> Metrics {
         let mut samples = BTreeMap::new();
         for line in text.lines() {
