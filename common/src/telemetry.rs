@@ -125,6 +125,8 @@ pub struct Metrics {
     pub webhook_duration: Histogram,
     /// Webhook deliveries not yet sent or given up.
     pub webhook_pending: Gauge,
+    /// Workers that heartbeated recently (set when the API is scraped).
+    pub workers_live: Gauge,
 }
 
 impl Default for Metrics {
@@ -229,6 +231,12 @@ impl Metrics {
         let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
         let webhook_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let webhook_pending = Gauge::default();
+        let workers_live = Gauge::default();
+        registry.register(
+            "workers_live",
+            "Workers that heartbeated within three heartbeat intervals",
+            workers_live.clone(),
+        );
         registry.register(
             "webhook_deliveries",
             "Webhook delivery attempts, by event and outcome (succeeded, retried, failed)",
@@ -249,6 +257,7 @@ impl Metrics {
             webhook_deliveries,
             webhook_duration,
             webhook_pending,
+            workers_live,
             queue_wait,
             lane_depth,
             batches,

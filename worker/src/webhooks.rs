@@ -8,16 +8,18 @@
 //! sending, no proxy is used, and redirects are not followed. So a name that resolves to
 //! 127.0.0.1, or re-resolves there after the check (DNS rebinding), is never reached.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::db::webhooks::{AttemptOutcome, Delivery, Endpoint};
+use common::db::webhooks::{Attempt, AttemptOutcome, Delivery, Endpoint};
 use common::webhooks::{self, DestinationError, EventType, refused_address, signature_header};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
+use uuid::Uuid;
 use webhook_client as reqwest;
 
 use crate::Deps;
@@ -201,76 +203,85 @@ fn body_for(deps: &Deps, delivery: &Delivery, now: DateTime<Utc>) -> String {
     event.to_string()
 }
 
-/// Sends one claimed delivery and records how it went.
-async fn deliver(deps: Arc<Deps>, sender: Sender, delivery: Delivery) {
+/// A claimed delivery, sent: what the dispatcher records.
+struct Done {
+    delivery: Delivery,
+    sent: Sent,
+    took: Duration,
+}
+
+/// Sends one claimed delivery to its endpoint.
+async fn deliver(
+    deps: Arc<Deps>,
+    sender: Sender,
+    delivery: Delivery,
+    endpoint: Arc<Endpoint>,
+) -> Done {
     let started = Instant::now();
-    let settings = &deps.settings.webhooks;
-    let attempt = delivery.attempts;
-    let outcome = match deps
-        .db
-        .webhook_endpoints()
-        .find(delivery.endpoint_id, None)
-        .await
-    {
-        // Deleted since: its deliveries went with it.
-        Ok(None) => return,
-        Err(err) => {
-            warn!(delivery = %delivery.id, error = %err, "cannot read a webhook endpoint; the delivery stays due");
-            return;
-        }
-        Ok(Some(endpoint)) => send(&deps, &sender, &delivery, &endpoint).await,
-    };
+    let sent = send(&deps, &sender, &delivery, &endpoint).await;
+    Done {
+        delivery,
+        sent,
+        took: started.elapsed(),
+    }
+}
+
+/// Records the outcomes of finished attempts, all in one statement, and counts them.
+async fn record(deps: &Deps, done: Vec<Done>) {
     let now = common::now();
-    let (record, metric) = match &outcome {
-        Sent::Succeeded { status, response } => (
-            AttemptOutcome::Succeeded {
-                status_code: i32::from(*status),
+    let schedule = &deps.settings.webhooks.retry_schedule;
+    let mut attempts = Vec::with_capacity(done.len());
+    for d in &done {
+        let (outcome, metric) = match &d.sent {
+            Sent::Succeeded { status, response } => (
+                AttemptOutcome::Succeeded {
+                    status_code: i32::from(*status),
+                    response,
+                },
+                "succeeded",
+            ),
+            Sent::Failed {
+                status,
+                error,
                 response,
-            },
-            "succeeded",
-        ),
-        Sent::Failed {
-            status,
-            error,
-            response,
-            retry,
-        } => {
-            let delay = settings.retry_schedule.get(attempt.max(1) as usize - 1);
-            let retry_at = match (retry, delay) {
-                (true, Some(delay)) => Some(now + *delay),
-                _ => None,
-            };
-            let metric = if retry_at.is_some() {
-                "retried"
-            } else {
-                "failed"
-            };
-            (
-                AttemptOutcome::Failed {
+                retry,
+            } => {
+                let delay = schedule.get(d.delivery.attempts.max(1) as usize - 1);
+                let retry_at = match (retry, delay) {
+                    (true, Some(delay)) => Some(now + *delay),
+                    _ => None,
+                };
+                if retry_at.is_none() {
+                    info!(delivery = %d.delivery.id, endpoint = %d.delivery.endpoint_id,
+                        attempts = d.delivery.attempts, error, "webhook delivery failed for good");
+                }
+                let outcome = AttemptOutcome::Failed {
                     status_code: status.map(i32::from),
                     error,
                     response: response.as_deref(),
                     retry_at,
-                },
-                metric,
-            )
-        }
-    };
-    deps.metrics.webhook_attempt(
-        &delivery.event_type,
-        metric,
-        started.elapsed().as_secs_f64(),
-    );
-    if metric == "failed" {
-        info!(delivery = %delivery.id, endpoint = %delivery.endpoint_id, attempt, "webhook delivery failed for good");
+                };
+                (
+                    outcome,
+                    if retry_at.is_some() {
+                        "retried"
+                    } else {
+                        "failed"
+                    },
+                )
+            }
+        };
+        deps.metrics
+            .webhook_attempt(&d.delivery.event_type, metric, d.took.as_secs_f64());
+        attempts.push(Attempt {
+            id: d.delivery.id,
+            claim: d.delivery.claims,
+            outcome,
+        });
     }
-    if let Err(err) = deps
-        .db
-        .webhook_deliveries()
-        .record(delivery.id, delivery.claims, record)
-        .await
-    {
-        warn!(delivery = %delivery.id, error = %err, "cannot record a webhook attempt; it is sent again when its lease ends");
+    if let Err(err) = deps.db.webhook_deliveries().record_many(&attempts).await {
+        warn!(count = attempts.len(), error = %err,
+            "cannot record webhook attempts; they are sent again when their lease ends");
     }
 }
 
@@ -349,6 +360,8 @@ async fn send(deps: &Deps, sender: &Sender, delivery: &Delivery, endpoint: &Endp
 
 /// Claims and sends due deliveries until `stop`, up to `WEBHOOK_CONCURRENCY` at a time;
 /// then lets the attempts in flight end (each is bounded by `WEBHOOK_TIMEOUT_SECONDS`).
+/// Outcomes are recorded together as attempts end, and each claim reads every endpoint it
+/// needs once: a delivery costs the database little more than its own row.
 pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
     let settings = deps.settings.webhooks.clone();
     let sender = match Sender::new(&settings) {
@@ -360,37 +373,75 @@ pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
     };
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sending = JoinSet::new();
+    let mut sending: JoinSet<Done> = JoinSet::new();
     let mut last_claim_full = false;
     loop {
+        let mut done = Vec::new();
         tokio::select! {
             _ = stop.changed() => break,
             _ = poll.tick() => {}
-            Some(_) = sending.join_next(), if !sending.is_empty() => {
-                while sending.try_join_next().is_some() {}
-                if !last_claim_full {
-                    continue;
+            Some(first) = sending.join_next(), if !sending.is_empty() => {
+                done.extend(first.ok());
+                while let Some(next) = sending.try_join_next() {
+                    done.extend(next.ok());
                 }
             }
+        }
+        let ended = !done.is_empty();
+        record(&deps, done).await;
+        if ended && !last_claim_full {
+            continue;
         }
         let free = settings.concurrency.saturating_sub(sending.len());
         if free == 0 {
             continue;
         }
         let lease = common::now() + settings.timeout + LEASE_MARGIN;
-        match deps.db.webhook_deliveries().claim(free as i64, lease).await {
-            Ok(claimed) => {
-                last_claim_full = claimed.len() == free;
-                for delivery in claimed {
-                    sending.spawn(deliver(deps.clone(), sender.clone(), delivery));
-                }
-            }
+        let claimed = match deps.db.webhook_deliveries().claim(free as i64, lease).await {
+            Ok(claimed) => claimed,
             Err(err) => {
                 last_claim_full = false;
                 warn!(error = %err, "cannot claim webhook deliveries");
+                continue;
+            }
+        };
+        last_claim_full = claimed.len() == free;
+        let mut endpoints: HashMap<Uuid, Option<Arc<Endpoint>>> = HashMap::new();
+        for delivery in claimed {
+            let endpoint = match endpoints.get(&delivery.endpoint_id) {
+                Some(endpoint) => endpoint.clone(),
+                None => {
+                    let found = deps
+                        .db
+                        .webhook_endpoints()
+                        .find(delivery.endpoint_id, None)
+                        .await;
+                    let endpoint = match found {
+                        Ok(endpoint) => endpoint.map(Arc::new),
+                        Err(err) => {
+                            warn!(delivery = %delivery.id, error = %err,
+                                "cannot read a webhook endpoint; the delivery stays due");
+                            continue;
+                        }
+                    };
+                    endpoints.insert(delivery.endpoint_id, endpoint.clone());
+                    endpoint
+                }
+            };
+            // An endpoint deleted since took its deliveries with it.
+            if let Some(endpoint) = endpoint {
+                sending.spawn(deliver(deps.clone(), sender.clone(), delivery, endpoint));
             }
         }
     }
-    let drain = async { while sending.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(settings.timeout + Duration::from_secs(1), drain).await;
+    let drain = async {
+        let mut done = Vec::new();
+        while let Some(next) = sending.join_next().await {
+            done.extend(next.ok());
+        }
+        done
+    };
+    if let Ok(done) = tokio::time::timeout(settings.timeout + Duration::from_secs(1), drain).await {
+        record(&deps, done).await;
+    }
 }

@@ -126,6 +126,11 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .queue_depth
         .set(by_lane.iter().map(|(_, n)| n).sum());
     state.metrics.set_lane_depths(&by_lane);
+    let since = common::now() - state.settings.worker.stale_after();
+    let live = state.db.workers().count_live(since).await?;
+    state.metrics.workers_live.set(live);
+    let pending = state.db.webhook_deliveries().pending().await?;
+    state.metrics.webhook_pending.set(pending);
     Ok((
         [(header::CONTENT_TYPE, common::telemetry::EXPOSITION)],
         state.metrics.encode(),

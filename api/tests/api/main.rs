@@ -14,6 +14,7 @@ mod documents;
 mod formats;
 mod lifecycle;
 mod limits;
+mod monitoring;
 mod ops;
 mod outages;
 mod processes;

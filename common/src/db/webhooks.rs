@@ -225,6 +225,66 @@ pub struct FailingDelivery {
     pub updated_at: DateTime<Utc>,
 }
 
+/// One attempt's outcome, to record.
+pub struct Attempt<'a> {
+    pub id: Uuid,
+    /// The claim the attempt was made under ([`Delivery::claims`]).
+    pub claim: i32,
+    pub outcome: AttemptOutcome<'a>,
+}
+
+/// An attempt as the columns it sets.
+struct RecordRow {
+    id: Uuid,
+    claim: i32,
+    status: &'static str,
+    code: Option<i32>,
+    error: Option<String>,
+    response: Option<String>,
+    next_at: Option<DateTime<Utc>>,
+    delivered_at: Option<DateTime<Utc>>,
+}
+
+impl RecordRow {
+    fn of(attempt: &Attempt<'_>, now: DateTime<Utc>) -> RecordRow {
+        let (id, claim) = (attempt.id, attempt.claim);
+        match &attempt.outcome {
+            AttemptOutcome::Succeeded {
+                status_code,
+                response,
+            } => RecordRow {
+                id,
+                claim,
+                status: "succeeded",
+                code: Some(*status_code),
+                error: None,
+                response: Some(storable(response)),
+                next_at: None,
+                delivered_at: Some(now),
+            },
+            AttemptOutcome::Failed {
+                status_code,
+                error,
+                response,
+                retry_at,
+            } => RecordRow {
+                id,
+                claim,
+                status: if retry_at.is_some() {
+                    "pending"
+                } else {
+                    "failed"
+                },
+                code: *status_code,
+                error: Some(storable(error)),
+                response: response.map(storable),
+                next_at: *retry_at,
+                delivered_at: None,
+            },
+        }
+    }
+}
+
 /// `text` without NUL characters, which Postgres cannot store in text (an endpoint's answer
 /// may hold any byte).
 fn storable(text: &str) -> String {
@@ -528,51 +588,66 @@ impl Deliveries<'_> {
         claim: i32,
         outcome: AttemptOutcome<'_>,
     ) -> DbResult<bool> {
+        let attempts = [Attempt { id, claim, outcome }];
+        Ok(self.record_many(&attempts).await? == 1)
+    }
+
+    /// [`Deliveries::record`] for many attempts in one statement (Postgres) or one
+    /// transaction (SQLite); returns how many were recorded.
+    pub async fn record_many(&self, attempts: &[Attempt<'_>]) -> DbResult<u64> {
+        if attempts.is_empty() {
+            return Ok(0);
+        }
         let now = crate::now();
-        let (status, code, error, response, next, delivered) = match outcome {
-            AttemptOutcome::Succeeded {
-                status_code,
-                response,
-            } => (
-                "succeeded",
-                Some(status_code),
-                None,
-                Some(response),
-                None,
-                Some(now),
-            ),
-            AttemptOutcome::Failed {
-                status_code,
-                error,
-                response,
-                retry_at,
-            } => {
-                let status = if retry_at.is_some() {
-                    "pending"
-                } else {
-                    "failed"
-                };
-                (status, status_code, Some(error), response, retry_at, None)
+        let rows: Vec<RecordRow> = attempts.iter().map(|a| RecordRow::of(a, now)).collect();
+        match self.0.pool() {
+            super::Pool::Postgres(pool) => sqlx::query(
+                "UPDATE webhook_deliveries d SET status = u.status, last_status_code = u.code, last_error = u.error, \
+                 last_response = u.response, next_attempt_at = u.next_at, delivered_at = u.delivered_at, updated_at = $9 \
+                 FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::int4[], $5::text[], $6::text[], \
+                 $7::timestamptz[], $8::timestamptz[]) AS u(id, claim, status, code, error, response, next_at, delivered_at) \
+                 WHERE d.id = u.id AND d.claims = u.claim AND d.status = 'pending'",
+            )
+            .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.claim).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.code).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.response.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.next_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.delivered_at).collect::<Vec<_>>())
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+            .db(),
+            super::Pool::Sqlite(pool) => {
+                let mut tx = pool.begin().await.db()?;
+                let mut recorded = 0;
+                for r in &rows {
+                    recorded += sqlx::query(
+                        "UPDATE webhook_deliveries SET status = $3, last_status_code = $4, last_error = $5, \
+                         last_response = $6, next_attempt_at = $7, delivered_at = $8, updated_at = $9 \
+                         WHERE id = $1 AND claims = $2 AND status = 'pending'",
+                    )
+                    .bind(r.id)
+                    .bind(r.claim)
+                    .bind(r.status)
+                    .bind(r.code)
+                    .bind(&r.error)
+                    .bind(&r.response)
+                    .bind(r.next_at)
+                    .bind(r.delivered_at)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .db()?
+                    .rows_affected();
+                }
+                tx.commit().await.db()?;
+                Ok(recorded)
             }
-        };
-        on_db!(self.0, pool => sqlx::query(
-            "UPDATE webhook_deliveries SET status = $3, last_status_code = $4, last_error = $5, last_response = $6, \
-             next_attempt_at = $7, delivered_at = $8, updated_at = $9 \
-             WHERE id = $1 AND claims = $2 AND status = 'pending'",
-        )
-        .bind(id)
-        .bind(claim)
-        .bind(status)
-        .bind(code)
-        .bind(error.map(storable))
-        .bind(response.map(storable))
-        .bind(next)
-        .bind(delivered)
-        .bind(now)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected() == 1))
-        .db()
+        }
     }
 
     /// Up to `limit` deliveries whose last attempt failed (given up, or waiting for a
