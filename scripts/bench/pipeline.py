@@ -1379,6 +1379,12 @@ def scenario_webhook(args, run_dir: Path) -> Section:
         section.row(f"{label}: CPU per document (API, workers, Postgres, Redis), webhooks on vs off",
                     f"{hooks:.2f} ms vs {plain:.2f} ms", "≤ +10%",
                     f"webhooks off, same deployment: {plain:.2f} ms", f"{100 * added:+.0f}%", added <= 0.10)
+        per_group = []
+        for group in PLATFORM_GROUPS:
+            on = statistics.mean(x["groups"].get(group, 0.0) for x in r["hooks"]) * 1000.0 / count
+            off = statistics.mean(x["groups"].get(group, 0.0) for x in r["plain"]) * 1000.0 / count
+            per_group.append(f"{group} {on:.2f} vs {off:.2f}")
+        section.notes.append(f"{label}: CPU ms per document by process, webhooks on vs off: {'; '.join(per_group)}.")
         spans = ", ".join(f"{x['span']:.1f} s" for x in r["plain"] + r["hooks"])
         section.notes.append(f"{label}: {count:,}-document batches, submission → last ready (off, off, on, on): {spans}.")
     section.notes.append(
