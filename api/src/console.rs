@@ -9,11 +9,21 @@ use axum::Router;
 use axum::routing::get;
 
 use crate::AppState;
-use crate::openapi::asset;
+use crate::openapi::asset_cached;
 
 const INDEX: &[u8] = include_bytes!("../assets/console/index.html");
 const SCRIPT: &[u8] = include_bytes!("../assets/console/console.js");
 const STYLE: &[u8] = include_bytes!("../assets/console/console.css");
+
+/// Revalidated on every load: after an upgrade the page and its script change together.
+const CACHE: &str = "no-cache";
+
+fn asset(
+    content_type: &'static str,
+    bytes: &'static [u8],
+) -> impl Fn() -> std::future::Ready<axum::response::Response> + Clone + Send + 'static {
+    asset_cached(content_type, bytes, CACHE)
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -212,17 +212,26 @@ const SWAGGER_BUNDLE: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui-bu
 const SWAGGER_CSS: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui.css");
 const SWAGGER_FAVICON: &[u8] = include_bytes!("../assets/swagger-ui/favicon-32x32.png");
 
-/// A handler answering a file compiled into the binary.
-pub(crate) fn asset(
+/// A handler answering a file compiled into the binary, cached for an hour.
+fn asset(
     content_type: &'static str,
     bytes: &'static [u8],
+) -> impl Fn() -> std::future::Ready<axum::response::Response> + Clone + Send + 'static {
+    asset_cached(content_type, bytes, "public, max-age=3600")
+}
+
+/// A handler answering a file compiled into the binary with this `Cache-Control`.
+pub(crate) fn asset_cached(
+    content_type: &'static str,
+    bytes: &'static [u8],
+    cache_control: &'static str,
 ) -> impl Fn() -> std::future::Ready<axum::response::Response> + Clone + Send + 'static {
     move || {
         std::future::ready(
             (
                 [
                     (header::CONTENT_TYPE, content_type),
-                    (header::CACHE_CONTROL, "public, max-age=3600"),
+                    (header::CACHE_CONTROL, cache_control),
                 ],
                 bytes,
             )

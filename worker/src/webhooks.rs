@@ -420,7 +420,7 @@ pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
                         Ok(endpoint) => endpoint.map(Arc::new),
                         Err(err) => {
                             warn!(delivery = %delivery.id, error = %err,
-                                "cannot read a webhook endpoint; the delivery stays due");
+                                "cannot read a webhook endpoint; the delivery is tried again when its lease ends");
                             continue;
                         }
                     };
@@ -434,14 +434,12 @@ pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
-    let drain = async {
-        let mut done = Vec::new();
-        while let Some(next) = sending.join_next().await {
-            done.extend(next.ok());
-        }
-        done
-    };
-    if let Ok(done) = tokio::time::timeout(settings.timeout + Duration::from_secs(1), drain).await {
-        record(&deps, done).await;
+    // Attempts in flight end within their timeout; what ended is recorded, what did not is
+    // sent again when its lease ends.
+    let deadline = tokio::time::Instant::now() + settings.timeout + Duration::from_secs(1);
+    let mut done = Vec::new();
+    while let Ok(Some(next)) = tokio::time::timeout_at(deadline, sending.join_next()).await {
+        done.extend(next.ok());
     }
+    record(&deps, done).await;
 }

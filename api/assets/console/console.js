@@ -9,6 +9,9 @@ const store = window.sessionStorage;
 
 let timer = null;
 let me = null;
+// The token refresh under way, shared: a refresh token works once, and several calls
+// meeting an expired access token at the same moment must not each spend it.
+let refreshing = null;
 // Documents retried or cancelled from this tab, newest first: {id, action}.
 const acted = [];
 
@@ -34,7 +37,8 @@ async function call(path, options = {}, retried = false) {
     body: options.body === undefined ? undefined : JSON.stringify(options.body),
   });
   if (response.status === 401 && !retried && store.getItem("refresh_token")) {
-    if (await refreshTokens()) return call(path, options, true);
+    refreshing ??= refreshTokens().finally(() => { refreshing = null; });
+    if (await refreshing) return call(path, options, true);
   }
   const text = await response.text();
   const body = text ? JSON.parse(text) : null;
@@ -117,14 +121,21 @@ function button(label, testid, action) {
     node.disabled = true;
     try {
       await action();
-      showProblem(null);
+      showRefusal(null);
     } catch (err) {
-      showProblem(`${label} failed: ${err.message}`);
+      showRefusal(`${label} refused: ${err.message}`);
     }
     await refresh();
     node.disabled = false;
   });
   return node;
+}
+
+// What the API said to the last action: stays until the next action.
+function showRefusal(message) {
+  const banner = $("refusal");
+  banner.hidden = !message;
+  banner.textContent = message || "";
 }
 
 function showProblem(message) {
@@ -227,18 +238,28 @@ function renderFailures(queue) {
 function remember(id, action) {
   const at = acted.findIndex((a) => a.id === id);
   if (at >= 0) acted.splice(at, 1);
-  acted.unshift({ id, action });
-  acted.length = Math.min(acted.length, 10);
+  acted.unshift({ id, action, doc: null });
+  acted.length = Math.min(acted.length, 5);
 }
 
+const FINISHED = ["ready", "failed", "cancelled"];
+
 async function renderActions() {
-  const docs = await Promise.all(acted.map((a) => call(`/documents/${a.id}`).catch(() => null)));
-  fill($("actions"), acted.map((a, i) => [a, docs[i]]), ([a, doc]) =>
+  // Only documents still on their way are asked for again: a few requests at most.
+  await Promise.all(acted.map(async (a) => {
+    if (a.doc && FINISHED.includes(a.doc.status)) return;
+    try {
+      a.doc = await call(`/documents/${a.id}`);
+    } catch (err) {
+      if (err.status === 404) a.doc = { status: "deleted" };
+    }
+  }));
+  fill($("actions"), acted, (a) =>
     el("li", { "data-document": a.id },
-      status(doc ? doc.status : "deleted"),
+      status(a.doc ? a.doc.status : "queued"),
       el("span", { class: "grow" },
         el("span", { class: "mono" }, short(a.id)), ` ${a.action}`,
-        doc && doc.error ? el("span", { class: "detail" }, doc.error) : null)),
+        a.doc && a.doc.error ? el("span", { class: "detail" }, a.doc.error) : null)),
     "Nothing yet.");
 }
 
@@ -300,6 +321,7 @@ function renderWebhooks(queue) {
 // ---------------------------------------------------------------------------------------
 
 async function refresh() {
+  if (!me) return;
   try {
     const [queue, workers, queued, batches] = await Promise.all([
       call("/ops/queue"),
@@ -319,15 +341,26 @@ async function refresh() {
     showProblem(null);
   } catch (err) {
     if (err.status === 401 || err.status === 403) return signOut(err.message);
-    showProblem(`Cannot refresh: ${err.message}. Retrying every ${REFRESH_MS / 1000} s.`);
+    showProblem(`Cannot refresh: ${err.message}. Trying again every ${REFRESH_MS / 1000} s.`);
   }
+}
+
+// One refresh after the other, never two at once; stops when signed out.
+async function loop() {
+  clearTimeout(timer);
+  await refresh();
+  if (me) timer = setTimeout(loop, REFRESH_MS);
 }
 
 async function start() {
   try {
     me = await call("/auth/me");
   } catch (err) {
-    return signOut(err.status === 401 ? null : err.message);
+    if (err.status === 401 || err.status === 403) return signOut(null);
+    // The API is unreachable for now: keep the session and try again.
+    showSignIn(`Cannot reach the API (${err.message}); trying again.`);
+    timer = setTimeout(start, REFRESH_MS);
+    return;
   }
   if (me.role !== "manager" && me.role !== "admin") {
     return signOut("The console is for managers and admins.");
@@ -336,28 +369,32 @@ async function start() {
   $("sign-in").hidden = true;
   $("session").hidden = false;
   $("console").hidden = false;
-  await refresh();
-  clearInterval(timer);
-  timer = setInterval(refresh, REFRESH_MS);
+  await loop();
+}
+
+function showSignIn(message) {
+  $("console").hidden = true;
+  $("session").hidden = true;
+  $("sign-in").hidden = false;
+  $("sign-in-error").textContent = message || "";
 }
 
 function signOut(message) {
-  clearInterval(timer);
+  clearTimeout(timer);
   const refreshToken = store.getItem("refresh_token");
-  if (refreshToken && !message) {
+  if (refreshToken) {
+    // Close the session on the server too (an agent turned away included).
     fetch(`${API}/auth/logout`, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Authorization: `Bearer ${store.getItem("access_token")}` },
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ refresh_token: refreshToken }),
     }).catch(() => {});
   }
   store.removeItem("access_token");
   store.removeItem("refresh_token");
   me = null;
-  $("console").hidden = true;
-  $("session").hidden = true;
-  $("sign-in").hidden = false;
-  $("sign-in-error").textContent = message || "";
+  showRefusal(null);
+  showSignIn(message);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -381,5 +418,5 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("sign-out").addEventListener("click", () => signOut(null));
   if (store.getItem("access_token")) start();
-  else signOut(null);
+  else showSignIn(null);
 });

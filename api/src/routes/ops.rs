@@ -120,17 +120,21 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     if !state.settings.http.enable_metrics {
         return Err(ApiError::not_found("Metrics are disabled."));
     }
-    let by_lane = state.db.documents().count_queued_by_lane().await?;
-    state
-        .metrics
-        .queue_depth
-        .set(by_lane.iter().map(|(_, n)| n).sum());
-    state.metrics.set_lane_depths(&by_lane);
+    // Gauges read from the database, best effort: during a database outage the answer
+    // still comes (with the last values), so the request counters that show the outage
+    // keep being scraped.
+    if let Ok(by_lane) = state.db.documents().count_queued_by_lane().await {
+        let total = by_lane.iter().map(|(_, n)| n).sum();
+        state.metrics.queue_depth.set(total);
+        state.metrics.set_lane_depths(&by_lane);
+    }
     let since = common::now() - state.settings.worker.stale_after();
-    let live = state.db.workers().count_live(since).await?;
-    state.metrics.workers_live.set(live);
-    let pending = state.db.webhook_deliveries().pending().await?;
-    state.metrics.webhook_pending.set(pending);
+    if let Ok(live) = state.db.workers().count_live(since).await {
+        state.metrics.workers_live.set(live);
+    }
+    if let Ok(pending) = state.db.webhook_deliveries().pending().await {
+        state.metrics.webhook_pending.set(pending);
+    }
     Ok((
         [(header::CONTENT_TYPE, common::telemetry::EXPOSITION)],
         state.metrics.encode(),
