@@ -32,6 +32,8 @@ async function call(path, options = {}, retried = false) {
   if (token) headers.Authorization = `Bearer ${token}`;
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(API + path, {
+    // A live view: never an answer from the browser's cache.
+    cache: "no-store",
     method: options.method || "GET",
     headers,
     body: options.body === undefined ? undefined : JSON.stringify(options.body),
@@ -242,12 +244,14 @@ function remember(id, action) {
   acted.length = Math.min(acted.length, 5);
 }
 
-const FINISHED = ["ready", "failed", "cancelled"];
+// Where a document stays unless someone acts on it again (a failed one may be retried by
+// another operator, so it is asked for again).
+const SETTLED = ["ready", "cancelled", "deleted"];
 
 async function renderActions() {
-  // Only documents still on their way are asked for again: a few requests at most.
+  // Only documents that may still change are asked for again: a few requests at most.
   await Promise.all(acted.map(async (a) => {
-    if (a.doc && FINISHED.includes(a.doc.status)) return;
+    if (a.doc && SETTLED.includes(a.doc.status)) return;
     try {
       a.doc = await call(`/documents/${a.id}`);
     } catch (err) {

@@ -61,6 +61,28 @@ async fn an_operator_retries_a_failure_and_cancels_a_batch_in_the_console() {
     let batch: Value = res.json().await.unwrap();
     let batch_id = batch["id"].as_str().unwrap().to_owned();
     let _healthy = app.start_worker(&[("WORKER_CONCURRENCY", "1")]);
+    // The healthy worker renders before the browser comes: the batch moves.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let batch: Value = app
+            .get(
+                &format!("/api/v1/document-batches/{batch_id}"),
+                Some(&admin),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        if batch["ready"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the healthy worker rendered nothing in 60 s: {batch}\nworker log:\n{}",
+            app.worker_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
     std::fs::create_dir_all(&shots).unwrap();
@@ -83,7 +105,20 @@ async fn an_operator_retries_a_failure_and_cancels_a_batch_in_the_console() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "the browser test failed:\n{said}");
+    if !output.status.success() {
+        let doc: Value = app
+            .get(&format!("/api/v1/documents/{doc_id}"), Some(&admin))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let log = app.worker_log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "the browser test failed:\n{said}\nthe document now: {doc}\nworker log (latest first):\n{}",
+            tail.join("\n")
+        );
+    }
     eprintln!("{said}screenshots in {}", shots.display());
 
     // What the browser saw is what the API says, and each action was audited.

@@ -29,8 +29,9 @@ async function main() {
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
     ],
   });
+  let page;
   try {
-    const page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
+    page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
     const problems = [];
     page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
     page.on("console", (msg) => msg.type() === "error" && problems.push(`console error: ${msg.text()}`));
@@ -57,7 +58,7 @@ async function main() {
 
     // Retry: the document goes back to the queue and becomes ready.
     await failure.locator("[data-testid=retry]").click();
-    await page.locator(`#actions li[data-document="${documentId}"] [data-status="ready"]`).waitFor({ timeout: 60_000 });
+    await page.locator(`#actions li[data-document="${documentId}"] [data-status="ready"]`).waitFor({ timeout: 120_000 });
     await page.locator(`#failures li[data-document="${documentId}"]`).waitFor({ state: "detached" });
     await page.screenshot({ path: path.join(shots, "2-retried-ready.png"), fullPage: true });
     console.log("retried from the console, the document is ready");
@@ -83,6 +84,16 @@ async function main() {
     console.log("at a phone's width the page fits");
 
     if (problems.length) throw new Error(problems.join("\n"));
+  } catch (err) {
+    // What the page showed when it went wrong, for whoever reads the failure.
+    if (page) {
+      await page.screenshot({ path: path.join(shots, "failure.png"), fullPage: true }).catch(() => {});
+      for (const id of ["problem", "refusal", "failures", "actions", "batches", "workers"]) {
+        const text = await page.locator(`#${id}`).innerText().catch(() => "(unreadable)");
+        console.error(`#${id}: ${text.replace(/\s+/g, " ").trim()}`);
+      }
+    }
+    throw err;
   } finally {
     await browser.close();
   }
