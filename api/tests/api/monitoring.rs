@@ -230,6 +230,9 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_every_metric_the_alerts_and_dashboard_name() {
+    if crate::helpers::services_skipped() {
+        return;
+    }
     let prometheus_bin = tool("prometheus");
     // The API and a worker process whose metrics port is known.
     let app = spawn_app_with(
