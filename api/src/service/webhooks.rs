@@ -197,24 +197,21 @@ pub async fn create(
 /// endpoint but changes only their own: changing another's URL or secret would hand them
 /// its events.
 async fn find_to_change(state: &AppState, caller: &AuthUser, id: Uuid) -> ApiResult<Endpoint> {
-    let owner = match caller.require(Role::Admin) {
-        Ok(()) => None,
-        Err(_) => Some(caller.id()),
-    };
-    state
-        .db
-        .webhook_endpoints()
-        .find(id, owner)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Webhook endpoint not found."))
+    let owner = caller.require(Role::Admin).err().map(|_| caller.id());
+    find_owned(state, id, owner).await
 }
 
 /// The endpoint, if the caller may see it.
 pub async fn find(state: &AppState, caller: &AuthUser, id: Uuid) -> ApiResult<Endpoint> {
+    find_owned(state, id, Scope::of(caller).owner()).await
+}
+
+/// The endpoint `id`, if `owner` is `None` or owns it; 404 otherwise.
+async fn find_owned(state: &AppState, id: Uuid, owner: Option<Uuid>) -> ApiResult<Endpoint> {
     state
         .db
         .webhook_endpoints()
-        .find(id, Scope::of(caller).owner())
+        .find(id, owner)
         .await?
         .ok_or_else(|| ApiError::not_found("Webhook endpoint not found."))
 }

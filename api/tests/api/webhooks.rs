@@ -50,6 +50,26 @@ async fn create_endpoint(app: &TestApp, token: &str, body: &Value) -> Value {
     res.json().await.unwrap()
 }
 
+/// A new agent, a receiver, and that agent's endpoint taking every event on it: the
+/// agent's token, the receiver, and the endpoint as created (with its secret).
+async fn agent_with_endpoint(app: &TestApp, email: &str) -> (String, Receiver, Value) {
+    let agent = app.register_and_login(email).await.access_token;
+    let receiver = Receiver::start().await;
+    let body = json!({"url": receiver.url("/in"), "events": ["*"]});
+    let endpoint = create_endpoint(app, &agent, &body).await;
+    (agent, receiver, endpoint)
+}
+
+async fn patch_endpoint(app: &TestApp, token: &str, id: &str, body: &Value) -> reqwest::Response {
+    app.client
+        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn post(app: &TestApp, token: &str, path: &str) -> reqwest::Response {
     app.client
         .post(app.url(path))
@@ -175,14 +195,13 @@ async fn endpoints_are_checked_owned_and_audited(app: &TestApp) {
     assert_eq!(res.status(), StatusCode::OK);
     let res = post(app, &manager, &format!("/api/v1/webhooks/{id}/test")).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let patch = app
-        .client
-        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(&manager)
-        .json(&json!({"url": "https://manager.example.com/"}))
-        .send()
-        .await
-        .unwrap();
+    let patch = patch_endpoint(
+        app,
+        &manager,
+        &id,
+        &json!({"url": "https://manager.example.com/"}),
+    )
+    .await;
     let rotate = post(
         app,
         &manager,
@@ -238,14 +257,13 @@ async fn endpoints_are_checked_owned_and_audited(app: &TestApp) {
     assert_eq!(everyone["scope"], "all");
 
     // PATCH: absent fields stay, null clears, an unknown event is refused.
-    let res = app
-        .client
-        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(&agent)
-        .json(&json!({"events": ["*"], "description": null, "is_active": false}))
-        .send()
-        .await
-        .unwrap();
+    let res = patch_endpoint(
+        app,
+        &agent,
+        &id,
+        &json!({"events": ["*"], "description": null, "is_active": false}),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::OK);
     let patched: Value = res.json().await.unwrap();
     assert_eq!(patched["events"], json!(["*"]));
@@ -255,14 +273,7 @@ async fn endpoints_are_checked_owned_and_audited(app: &TestApp) {
     let res = post(app, &agent, &format!("/api/v1/webhooks/{id}/test")).await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(res).await, "endpoint_disabled");
-    let res = app
-        .client
-        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(&agent)
-        .json(&json!({"events": ["nope"]}))
-        .send()
-        .await
-        .unwrap();
+    let res = patch_endpoint(app, &agent, &id, &json!({"events": ["nope"]})).await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     let res = app
@@ -404,17 +415,7 @@ async fn document_events_arrive_signed_with_a_working_download_link(app: &TestAp
 }
 
 async fn a_failing_endpoint_is_retried_then_given_up_then_redelivered(app: &TestApp) {
-    let agent = app
-        .register_and_login("hooks-retry@example.com")
-        .await
-        .access_token;
-    let receiver = Receiver::start().await;
-    let endpoint = create_endpoint(
-        app,
-        &agent,
-        &json!({"url": receiver.url("/in"), "events": ["*"]}),
-    )
-    .await;
+    let (agent, receiver, endpoint) = agent_with_endpoint(app, "hooks-retry@example.com").await;
     let id = endpoint["id"].as_str().unwrap();
 
     // 500, 500, then 200: the third attempt (the schedule is 1 s, 1 s) succeeds.
@@ -496,17 +497,7 @@ async fn a_failing_endpoint_is_retried_then_given_up_then_redelivered(app: &Test
 }
 
 async fn gone_disables_slow_times_out_and_redirects_are_not_followed(app: &TestApp) {
-    let agent = app
-        .register_and_login("hooks-gone@example.com")
-        .await
-        .access_token;
-    let receiver = Receiver::start().await;
-    let endpoint = create_endpoint(
-        app,
-        &agent,
-        &json!({"url": receiver.url("/in"), "events": ["*"]}),
-    )
-    .await;
+    let (agent, receiver, endpoint) = agent_with_endpoint(app, "hooks-gone@example.com").await;
     let id = endpoint["id"].as_str().unwrap();
     let send_test = || async {
         let res = post(app, &agent, &format!("/api/v1/webhooks/{id}/test")).await;
@@ -569,14 +560,7 @@ async fn gone_disables_slow_times_out_and_redirects_are_not_followed(app: &TestA
     );
 
     // Turned back on, it hears again.
-    let res = app
-        .client
-        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(&agent)
-        .json(&json!({"is_active": true}))
-        .send()
-        .await
-        .unwrap();
+    let res = patch_endpoint(app, &agent, id, &json!({"is_active": true})).await;
     let endpoint: Value = res.json().await.unwrap();
     assert_eq!(endpoint["disabled_reason"], Value::Null);
     let count = receiver.received().len();
@@ -588,17 +572,7 @@ async fn gone_disables_slow_times_out_and_redirects_are_not_followed(app: &TestA
 }
 
 async fn a_rotated_secret_signs_beside_the_new_one_until_the_overlap_ends(app: &TestApp) {
-    let agent = app
-        .register_and_login("hooks-rotate@example.com")
-        .await
-        .access_token;
-    let receiver = Receiver::start().await;
-    let endpoint = create_endpoint(
-        app,
-        &agent,
-        &json!({"url": receiver.url("/in"), "events": ["*"]}),
-    )
-    .await;
+    let (agent, receiver, endpoint) = agent_with_endpoint(app, "hooks-rotate@example.com").await;
     let id = endpoint["id"].as_str().unwrap();
     let old = endpoint["secret"].as_str().unwrap().to_owned();
 
@@ -739,17 +713,7 @@ async fn a_delivery_survives_a_worker_restart_between_attempts(backend: Backend)
         ("WEBHOOK_POLL_MS", "50"),
     ];
     let app = spawn_app_with(backend, &settings, false).await;
-    let agent = app
-        .register_and_login("hooks-restart@example.com")
-        .await
-        .access_token;
-    let receiver = Receiver::start().await;
-    let endpoint = create_endpoint(
-        &app,
-        &agent,
-        &json!({"url": receiver.url("/in"), "events": ["*"]}),
-    )
-    .await;
+    let (agent, receiver, endpoint) = agent_with_endpoint(&app, "hooks-restart@example.com").await;
     let id = endpoint["id"].as_str().unwrap();
 
     receiver.answer([Answer::Status(503, "down for a moment")]);
