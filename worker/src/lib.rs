@@ -47,6 +47,8 @@ pub struct Deps {
     pub activity: Activity,
     /// Wakes this worker's bulk-lane feeder as its bulk documents finish.
     pub feeder: Arc<common::feeder::Feeder>,
+    /// Hands the deliveries of the documents this worker finishes to its dispatcher.
+    pub hooks: webhooks::Handoff,
 }
 
 /// A worker's counts and the liveness of its queue consumer, as its heartbeats report them.
@@ -160,6 +162,7 @@ impl Deps {
         Deps {
             pdf: pdf_engine(&settings),
             feeder: Arc::new(common::feeder::Feeder::new(settings.queue.bulk_window)),
+            hooks: webhooks::Handoff::new(&settings.webhooks),
             settings,
             db,
             storage,

@@ -111,7 +111,7 @@ async fn process_claimed(deps: &Deps, mut doc: Document) -> anyhow::Result<()> {
     };
     match result {
         Ok(stored) => {
-            let won = deps
+            let finished = deps
                 .db
                 .documents()
                 .finish(
@@ -124,9 +124,11 @@ async fn process_claimed(deps: &Deps, mut doc: Document) -> anyhow::Result<()> {
                         checksum: &stored.checksum,
                         timings: &stored.timings,
                     },
+                    deps.hooks.lease(),
                 )
                 .await?;
-            if won {
+            deps.hooks.hand(finished.handed);
+            if finished.won {
                 deps.finished(format, "ready");
                 info!(
                     size = stored.size,
@@ -193,12 +195,18 @@ async fn retry_later(
 
 async fn fail(deps: &Deps, doc: &Document, attempt: i32, reason: &str) -> anyhow::Result<()> {
     warn!(attempt, reason, "document failed");
-    let won = deps
+    let finished = deps
         .db
         .documents()
-        .finish(doc, attempt, Outcome::Failed { error: reason })
+        .finish(
+            doc,
+            attempt,
+            Outcome::Failed { error: reason },
+            deps.hooks.lease(),
+        )
         .await?;
-    if won {
+    deps.hooks.hand(finished.handed);
+    if finished.won {
         deps.finished(doc.output_format.as_str(), "failed");
     }
     Ok(())

@@ -1,5 +1,7 @@
-//! Sending webhook deliveries: every worker claims due deliveries from the database, sends
-//! each signed as Standard Webhooks says, and records the outcome (see
+//! Sending webhook deliveries: every worker sends the deliveries of the documents it
+//! finishes (written already claimed by it, [`Handed`] over), claims due deliveries from
+//! the database (retries, other events, deliveries whose worker stopped), sends each signed
+//! as Standard Webhooks says, and records the outcomes together (see
 //! [`common::db::webhooks`] for the rows and their lease).
 //!
 //! Destinations are checked on the address actually connected to: the client resolves
@@ -8,15 +10,16 @@
 //! sending, no proxy is used, and redirects are not followed. So a name that resolves to
 //! 127.0.0.1, or re-resolves there after the check (DNS rebinding), is never reached.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::db::webhooks::{Attempt, AttemptOutcome, Delivery, Endpoint};
+use common::db::webhooks::{Attempt, AttemptOutcome, Delivery, Endpoint, Handed};
 use common::webhooks::{self, DestinationError, EventType, refused_address, signature_header};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -30,6 +33,15 @@ const RESPONSE_SNIPPET: usize = 1024;
 /// How long past its timeout an attempt's lease runs: a worker that dies mid-attempt
 /// leaves the delivery due again this long after the attempt would have timed out.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Outcomes are recorded together, in one statement: once this many attempts have
+/// ended...
+const RECORD_BATCH: usize = 64;
+
+/// ...or this long after the first of them ended. (Recorded one by one, as attempts end,
+/// the statements cost Postgres more than the deliveries' rows: measured 2.5 outcomes per
+/// statement, each statement planned again.)
+const RECORD_WINDOW: Duration = Duration::from_millis(100);
 
 /// The `user-agent` of every delivery.
 const USER_AGENT: &str = concat!("MONASSURANCE-Webhooks/", env!("CARGO_PKG_VERSION"));
@@ -70,6 +82,47 @@ impl reqwest::dns::Resolve for GuardedResolver {
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
+    }
+}
+
+/// The way from this worker's pipeline to its dispatcher: a finished document's
+/// deliveries are written claimed by this worker when its dispatcher runs
+/// ([`Handoff::lease`]), and handed over as they commit, so no claim is needed to send
+/// them. Should the worker stop before sending one, it is due again when its lease ends.
+pub struct Handoff {
+    sender: mpsc::UnboundedSender<Handed>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Handed>>>,
+    /// Whether the dispatcher takes deliveries.
+    open: AtomicBool,
+    /// How long a handed delivery's lease runs.
+    lease: Duration,
+}
+
+impl Handoff {
+    pub fn new(settings: &common::settings::WebhookSettings) -> Handoff {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Handoff {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+            open: AtomicBool::new(false),
+            lease: settings.timeout + LEASE_MARGIN,
+        }
+    }
+
+    /// Until when the deliveries of a document finishing now are leased to this worker;
+    /// `None` (the dispatcher is not running) leaves them to be claimed.
+    pub fn lease(&self) -> Option<DateTime<Utc>> {
+        self.open
+            .load(Ordering::Acquire)
+            .then(|| common::now() + self.lease)
+    }
+
+    /// Gives the dispatcher deliveries written with [`Handoff::lease`].
+    pub fn hand(&self, handed: Vec<Handed>) {
+        for delivery in handed {
+            // A dispatcher that has stopped leaves the delivery to its lease.
+            let _ = self.sender.send(delivery);
+        }
     }
 }
 
@@ -358,10 +411,12 @@ async fn send(deps: &Deps, sender: &Sender, delivery: &Delivery, endpoint: &Endp
     }
 }
 
-/// Claims and sends due deliveries until `stop`, up to `WEBHOOK_CONCURRENCY` at a time;
-/// then lets the attempts in flight end (each is bounded by `WEBHOOK_TIMEOUT_SECONDS`).
-/// Outcomes are recorded together as attempts end, and each claim reads every endpoint it
-/// needs once: a delivery costs the database little more than its own row.
+/// Sends the deliveries handed over by this worker's pipeline and claims and sends due
+/// ones until `stop`, up to `WEBHOOK_CONCURRENCY` at a time; then gives back what was
+/// handed over and not started, and lets the attempts in flight end (each is bounded by
+/// `WEBHOOK_TIMEOUT_SECONDS`). Outcomes are recorded together ([`RECORD_BATCH`],
+/// [`RECORD_WINDOW`]), and each claim reads every endpoint it needs once: a delivery costs
+/// the database little more than its own row.
 pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
     let settings = deps.settings.webhooks.clone();
     let sender = match Sender::new(&settings) {
@@ -371,28 +426,79 @@ pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
+    let handoff = &deps.hooks;
+    let mut handed = handoff
+        .receiver
+        .lock()
+        .expect("the handoff lock is never poisoned")
+        .take();
+    handoff.open.store(handed.is_some(), Ordering::Release);
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sending: JoinSet<Done> = JoinSet::new();
+    let mut waiting: VecDeque<Handed> = VecDeque::new();
+    let mut ended: Vec<Done> = Vec::new();
+    let mut record_by: Option<tokio::time::Instant> = None;
     let mut last_claim_full = false;
     loop {
-        let mut done = Vec::new();
+        let (mut polled, mut some_ended) = (false, false);
         tokio::select! {
             _ = stop.changed() => break,
-            _ = poll.tick() => {}
-            Some(first) = sending.join_next(), if !sending.is_empty() => {
-                done.extend(first.ok());
-                while let Some(next) = sending.try_join_next() {
-                    done.extend(next.ok());
+            Some(first) = receive(&mut handed) => {
+                waiting.push_back(first);
+                while let Some(next) = handed.as_mut().and_then(|h| h.try_recv().ok()) {
+                    waiting.push_back(next);
                 }
             }
+            Some(first) = sending.join_next(), if !sending.is_empty() => {
+                ended.extend(first.ok());
+                while let Some(next) = sending.try_join_next() {
+                    ended.extend(next.ok());
+                }
+                some_ended = true;
+            }
+            _ = sleep_until(record_by), if record_by.is_some() => {}
+            _ = poll.tick() => polled = true,
         }
-        let ended = !done.is_empty();
-        record(&deps, done).await;
-        if ended && !last_claim_full {
+        while sending.len() < settings.concurrency {
+            let Some(next) = waiting.pop_front() else {
+                break;
+            };
+            // One that waited so long here that its lease would end mid-attempt is left to
+            // be claimed when it does.
+            let latest = common::now() + settings.timeout;
+            if next
+                .delivery
+                .next_attempt_at
+                .is_some_and(|lease| lease < latest)
+            {
+                continue;
+            }
+            let endpoint = Arc::new(next.endpoint);
+            sending.spawn(deliver(
+                deps.clone(),
+                sender.clone(),
+                next.delivery,
+                endpoint,
+            ));
+        }
+        if !ended.is_empty() {
+            let now = tokio::time::Instant::now();
+            if ended.len() >= RECORD_BATCH || record_by.is_some_and(|at| at <= now) {
+                record(&deps, std::mem::take(&mut ended)).await;
+                record_by = None;
+            } else if record_by.is_none() {
+                record_by = Some(now + RECORD_WINDOW);
+            }
+        }
+        // Claims on the poll, and straight after attempts end while the last claim took
+        // all it could (a backlog).
+        if !(polled || some_ended && last_claim_full) {
             continue;
         }
-        let free = settings.concurrency.saturating_sub(sending.len());
+        let free = settings
+            .concurrency
+            .saturating_sub(sending.len() + waiting.len());
         if free == 0 {
             continue;
         }
@@ -434,12 +540,42 @@ pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+    // Deliveries handed over and not started are given back, due now, for any worker.
+    handoff.open.store(false, Ordering::Release);
+    if let Some(handed) = handed.as_mut() {
+        handed.close();
+        while let Ok(next) = handed.try_recv() {
+            waiting.push_back(next);
+        }
+    }
+    let unsent: Vec<(Uuid, i32)> = waiting
+        .iter()
+        .map(|h| (h.delivery.id, h.delivery.claims))
+        .collect();
+    if let Err(err) = deps.db.webhook_deliveries().release(&unsent).await {
+        warn!(count = unsent.len(), error = %err,
+            "cannot give back unsent webhook deliveries; they are sent when their lease ends");
+    }
     // Attempts in flight end within their timeout; what ended is recorded, what did not is
     // sent again when its lease ends.
     let deadline = tokio::time::Instant::now() + settings.timeout + Duration::from_secs(1);
-    let mut done = Vec::new();
     while let Ok(Some(next)) = tokio::time::timeout_at(deadline, sending.join_next()).await {
-        done.extend(next.ok());
+        ended.extend(next.ok());
     }
-    record(&deps, done).await;
+    record(&deps, ended).await;
+}
+
+/// The next delivery handed over, when there is a handoff to read.
+async fn receive(handed: &mut Option<mpsc::UnboundedReceiver<Handed>>) -> Option<Handed> {
+    match handed {
+        Some(handed) => handed.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until `at` (a `select!` branch guarded by `at` being set).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
 }

@@ -181,7 +181,8 @@ macro_rules! announce_if_complete {
                     $endpoints,
                     $crate::webhooks::EventType::BatchCompleted,
                     Some(batch.id),
-                    &batch
+                    &batch,
+                    None
                 )
                 .await?;
             }

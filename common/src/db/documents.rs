@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::webhooks::{self, insert_deliveries};
+use super::webhooks::{self, Handed, insert_deliveries};
 use super::{Db, DbResult, Page, SqlxResultExt, on_db};
 use crate::model::{Document, DocumentStatus, OutputFormat, Priority, Timings};
 use crate::webhooks::EventType;
@@ -117,9 +117,21 @@ pub enum Outcome<'a> {
     },
 }
 
+/// How [`Documents::finish`] went.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Whether this attempt ended the document; when not, another attempt claimed it since,
+    /// or it is no longer `processing`, and the caller's result is discarded.
+    pub won: bool,
+    /// The document's deliveries, written claimed by the caller (it gave a lease).
+    pub handed: Vec<Handed>,
+}
+
 /// On Postgres, [`Documents::finish`] with its deliveries in one statement: the guarded
 /// update, and one delivery per endpoint in `endpoints` still active, inserted only when
-/// the update happened. One round trip instead of a transaction's four.
+/// the update happened (claimed, leased until `lease`, when there is one). One round trip
+/// instead of a transaction's four. `None` when the update did not happen; else the
+/// deliveries written, each with its endpoint.
 #[allow(clippy::too_many_arguments)]
 async fn finish_with_deliveries_pg(
     pool: &sqlx::PgPool,
@@ -130,28 +142,36 @@ async fn finish_with_deliveries_pg(
     event: EventType,
     endpoints: &[Uuid],
     payload: &str,
-) -> DbResult<bool> {
+    lease: Option<DateTime<Utc>>,
+) -> DbResult<Option<Vec<(Uuid, Uuid)>>> {
     /// Inserts the deliveries for the row `d` updated: `$1` document, `$2` attempt, `$3`
-    /// now, `$4` delivery ids, `$5` endpoint ids, `$6` event, `$7` payload.
+    /// now, `$4` delivery ids, `$5` endpoint ids, `$6` event, `$7` payload, `$8` claims
+    /// (and attempts) already made, `$9` when the deliveries are due. One row per
+    /// delivery, or one of NULLs when the update happened without any.
     macro_rules! with_deliveries {
         ($update:literal) => {
             concat!(
                 "WITH d AS (", $update, " WHERE id = $1 AND attempts = $2 AND status = 'processing' RETURNING id), \
                  w AS (INSERT INTO webhook_deliveries (id, endpoint_id, event_type, object_id, payload, status, \
                  attempts, claims, next_attempt_at, created_at, updated_at) \
-                 SELECT u.id, e.id, $6, d.id, $7, 'pending', 0, 0, $3, $3, $3 \
+                 SELECT u.id, e.id, $6, d.id, $7, 'pending', $8, $8, $9, $3, $3 \
                  FROM d CROSS JOIN UNNEST($4::uuid[], $5::uuid[]) AS u(id, endpoint_id) \
-                 JOIN webhook_endpoints e ON e.id = u.endpoint_id AND e.is_active RETURNING 1) \
-                 SELECT COUNT(*) FROM d"
+                 JOIN webhook_endpoints e ON e.id = u.endpoint_id AND e.is_active RETURNING id, endpoint_id) \
+                 SELECT w.id, w.endpoint_id FROM d LEFT JOIN w ON TRUE"
             )
         };
     }
     let ids: Vec<Uuid> = endpoints.iter().map(|_| Uuid::now_v7()).collect();
+    let claims = match lease {
+        Some(_) => webhooks::HANDED_CLAIM,
+        None => 0,
+    };
+    let due = lease.unwrap_or(now);
     let query = match outcome {
-        Outcome::Ready { storage_key, size_bytes, stored_bytes, checksum, timings } => sqlx::query_scalar::<_, i64>(
+        Outcome::Ready { storage_key, size_bytes, stored_bytes, checksum, timings } => sqlx::query_as::<_, (Option<Uuid>, Option<Uuid>)>(
             with_deliveries!(
-                "UPDATE generated_documents SET status = 'ready', storage_key = $8, size_bytes = $9, \
-                 stored_bytes = $10, checksum = $11, timings = $12, error = NULL, finished_at = $3, updated_at = $3"
+                "UPDATE generated_documents SET status = 'ready', storage_key = $10, size_bytes = $11, \
+                 stored_bytes = $12, checksum = $13, timings = $14, error = NULL, finished_at = $3, updated_at = $3"
             ),
         )
         .bind(id)
@@ -161,13 +181,15 @@ async fn finish_with_deliveries_pg(
         .bind(endpoints)
         .bind(event.as_str())
         .bind(payload)
+        .bind(claims)
+        .bind(due)
         .bind(*storage_key)
         .bind(*size_bytes)
         .bind(*stored_bytes)
         .bind(*checksum)
         .bind(Json(*timings)),
-        Outcome::Failed { error } => sqlx::query_scalar::<_, i64>(with_deliveries!(
-            "UPDATE generated_documents SET status = 'failed', error = $8, finished_at = $3, updated_at = $3"
+        Outcome::Failed { error } => sqlx::query_as::<_, (Option<Uuid>, Option<Uuid>)>(with_deliveries!(
+            "UPDATE generated_documents SET status = 'failed', error = $10, finished_at = $3, updated_at = $3"
         ))
         .bind(id)
         .bind(attempt)
@@ -176,9 +198,19 @@ async fn finish_with_deliveries_pg(
         .bind(endpoints)
         .bind(event.as_str())
         .bind(payload)
+        .bind(claims)
+        .bind(due)
         .bind(*error),
     };
-    query.fetch_one(pool).await.db().map(|n| n == 1)
+    let rows = query.fetch_all(pool).await.db()?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.into_iter()
+            .filter_map(|(id, endpoint)| id.zip(endpoint))
+            .collect(),
+    ))
 }
 
 /// `doc` as attempt's `outcome` leaves it at `now`: what its webhook event tells. The
@@ -512,13 +544,13 @@ impl Documents<'_> {
             let Some(doc) = lost else {
                 return Ok(false);
             };
-            let listeners: Vec<webhooks::Listener> = sqlx::query_as(webhooks::LISTENERS)
+            let listeners: Vec<webhooks::Endpoint> = sqlx::query_as(webhooks::LISTENERS)
                 .bind(doc.owner_id)
                 .fetch_all(&mut *tx)
                 .await
                 .db()?;
             let endpoints = webhooks::taking(&listeners, EventType::DocumentFailed);
-            insert_deliveries!(tx, &endpoints, EventType::DocumentFailed, Some(doc.id), &doc).await?;
+            insert_deliveries!(tx, &endpoints, EventType::DocumentFailed, Some(doc.id), &doc, None).await?;
             tx.commit().await.db()?;
             Ok(true)
         })
@@ -590,20 +622,23 @@ impl Documents<'_> {
         .db()
     }
 
-    /// Ends attempt number `attempt` of `doc` (the row as that attempt claimed it). False
-    /// when another attempt has claimed the document since, or it is no longer
-    /// `processing`: the caller's result is then discarded.
+    /// Ends attempt number `attempt` of `doc` (the row as that attempt claimed it). Not
+    /// [`Finished::won`] when another attempt has claimed the document since, or it is no
+    /// longer `processing`: the caller's result is then discarded.
     ///
     /// The webhook events of the change are written in the same transaction: a delivery
     /// to each endpoint that takes `document.ready` or `document.failed`, and, when this
-    /// was the last unfinished item of a batch, `batch.completed`. Without such endpoints
-    /// it is the one guarded update.
+    /// was the last unfinished item of a batch, `batch.completed`. With a `lease`, the
+    /// document's own deliveries are written already claimed by the caller, leased until
+    /// then, and returned for it to send ([`Finished::handed`]); without, they wait for a
+    /// claim. Without such endpoints it is the one guarded update.
     pub async fn finish(
         &self,
         doc: &Document,
         attempt: i32,
         outcome: Outcome<'_>,
-    ) -> DbResult<bool> {
+        lease: Option<DateTime<Utc>>,
+    ) -> DbResult<Finished> {
         let now = crate::now();
         let event = match outcome {
             Outcome::Ready { .. } => EventType::DocumentReady,
@@ -652,12 +687,29 @@ impl Documents<'_> {
             };
         }
         if for_document.is_empty() && for_batch.is_empty() {
-            return on_db!(self.0, pool => update!(pool));
+            let won = on_db!(self.0, pool => update!(pool))?;
+            return Ok(Finished {
+                won,
+                handed: Vec::new(),
+            });
         }
+        // The deliveries written, as the caller sends them.
+        let handing = |written: Vec<(Uuid, Uuid)>, payload: &str, at: DateTime<Utc>| {
+            let Some(lease) = lease else {
+                return Vec::new();
+            };
+            written
+                .into_iter()
+                .filter_map(|(id, endpoint_id)| {
+                    let endpoint = listeners.iter().find(|e| e.id == endpoint_id)?;
+                    Some(Handed::new(id, endpoint, event, doc.id, payload, at, lease))
+                })
+                .collect()
+        };
         let finished = finished_view(doc, &outcome, now);
         if let (super::Pool::Postgres(pool), true) = (self.0.pool(), for_batch.is_empty()) {
             let payload = webhooks::payload(event, now, &finished);
-            return finish_with_deliveries_pg(
+            let written = finish_with_deliveries_pg(
                 pool,
                 doc.id,
                 attempt,
@@ -666,20 +718,31 @@ impl Documents<'_> {
                 event,
                 &for_document,
                 &payload,
+                lease,
             )
-            .await;
+            .await?;
+            return Ok(match written {
+                Some(written) => Finished {
+                    won: true,
+                    handed: handing(written, &payload, now),
+                },
+                None => Finished::default(),
+            });
         }
         on_db!(self.0, pool => {
             let mut tx = pool.begin().await.db()?;
             if !update!(&mut *tx)? {
-                return Ok(false);
+                return Ok(Finished::default());
             }
-            insert_deliveries!(tx, &for_document, event, Some(doc.id), &finished).await?;
+            let inserted = insert_deliveries!(tx, &for_document, event, Some(doc.id), &finished, lease).await?;
             if let Some(batch_id) = doc.batch_id && !for_batch.is_empty() {
                 super::batches::announce_if_complete!(tx, batch_id, &for_batch).await?;
             }
             tx.commit().await.db()?;
-            Ok(true)
+            Ok(Finished {
+                won: true,
+                handed: handing(inserted.deliveries, &inserted.payload, inserted.at),
+            })
         })
     }
 

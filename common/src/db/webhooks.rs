@@ -5,7 +5,9 @@
 //! can lose neither. Workers [`Deliveries::claim`] due rows: a claim counts the attempt and
 //! moves `next_attempt_at` past the attempt's timeout, which is the attempt's lease: a
 //! worker that dies mid-attempt leaves the row due again when that time comes, and
-//! [`Deliveries::record`] only takes the outcome of the attempt that claimed last.
+//! [`Deliveries::record`] only takes the outcome of the attempt that claimed last. The
+//! worker that finishes a document needs no claim for that document's deliveries: they are
+//! written already claimed by it ([`Handed`]), under the same lease.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -30,21 +32,26 @@ macro_rules! delivery_columns {
 
 /// Writes one pending delivery of `$event` (an [`EventType`]) about `$object_id` to each
 /// endpoint id in `$endpoints` that still exists and is active, on the open transaction
-/// `$tx`, with `$data` (anything `Serialize`) as the event's `data`. Evaluates to a
-/// `DbResult<Vec<Uuid>>` of the new deliveries' ids. (An endpoint deleted or turned off
-/// since it was chosen is skipped, never a reason for the change itself to fail.)
+/// `$tx`, with `$data` (anything `Serialize`) as the event's `data`. With `$lease` (an
+/// `Option<DateTime<Utc>>`) set, the deliveries are written already claimed, leased until
+/// then, for the caller to send ([`Handed`]); without, they are due now. Evaluates to a
+/// `DbResult<`[`Inserted`]`>`. (An
+/// endpoint deleted or turned off since it was chosen is skipped, never a reason for the
+/// change itself to fail.)
 macro_rules! insert_deliveries {
-    ($tx:expr, $endpoints:expr, $event:expr, $object_id:expr, $data:expr) => {
+    ($tx:expr, $endpoints:expr, $event:expr, $object_id:expr, $data:expr, $lease:expr) => {
         async {
             let now = $crate::now();
             let payload = $crate::db::webhooks::payload($event, now, $data);
-            let mut ids = Vec::new();
+            let lease: Option<chrono::DateTime<chrono::Utc>> = $lease;
+            let claims = if lease.is_some() { $crate::db::webhooks::HANDED_CLAIM } else { 0 };
+            let mut written = Vec::new();
             for endpoint in $endpoints {
                 let id = uuid::Uuid::now_v7();
-                let written = sqlx::query(
+                let inserted = sqlx::query(
                     "INSERT INTO webhook_deliveries (id, endpoint_id, event_type, object_id, payload, status, \
                      attempts, claims, next_attempt_at, created_at, updated_at) \
-                     SELECT $1, id, $3, $4, $5, 'pending', 0, 0, $6, $6, $6 FROM webhook_endpoints \
+                     SELECT $1, id, $3, $4, $5, 'pending', $7, $7, $8, $6, $6 FROM webhook_endpoints \
                      WHERE id = $2 AND is_active",
                 )
                 .bind(id)
@@ -53,19 +60,29 @@ macro_rules! insert_deliveries {
                 .bind($object_id)
                 .bind(&payload)
                 .bind(now)
+                .bind(claims)
+                .bind(lease.unwrap_or(now))
                 .execute(&mut *$tx)
                 .await
                 .db()?
                 .rows_affected();
-                if written == 1 {
-                    ids.push(id);
+                if inserted == 1 {
+                    written.push((id, *endpoint));
                 }
             }
-            Ok::<Vec<uuid::Uuid>, $crate::db::DbError>(ids)
+            Ok::<_, $crate::db::DbError>($crate::db::webhooks::Inserted { deliveries: written, payload, at: now })
         }
     };
 }
 pub(crate) use insert_deliveries;
+
+/// What [`insert_deliveries!`] wrote: each delivery's id with its endpoint's, and the event
+/// they carry, made at `at`.
+pub struct Inserted {
+    pub deliveries: Vec<(Uuid, Uuid)>,
+    pub payload: String,
+    pub at: DateTime<Utc>,
+}
 
 /// The body every delivery of an event carries: `{"type", "timestamp", "data"}`.
 pub fn payload(event: EventType, at: DateTime<Utc>, data: &impl Serialize) -> String {
@@ -437,9 +454,9 @@ impl Endpoints<'_> {
     }
 
     /// The active endpoints that hear of `owner`'s documents and batches (theirs, and those
-    /// scoped to everyone), with what each subscribes to.
-    pub async fn listeners(&self, owner: Uuid) -> DbResult<Vec<Listener>> {
-        on_db!(self.0, pool => sqlx::query_as::<_, Listener>(LISTENERS)
+    /// scoped to everyone).
+    pub async fn listeners(&self, owner: Uuid) -> DbResult<Vec<Endpoint>> {
+        on_db!(self.0, pool => sqlx::query_as::<_, Endpoint>(LISTENERS)
         .bind(owner)
         .fetch_all(pool)
         .await)
@@ -448,24 +465,65 @@ impl Endpoints<'_> {
 }
 
 /// The active endpoints that hear of owner `$1`'s documents and batches.
-pub(crate) const LISTENERS: &str =
-    "SELECT id, events FROM webhook_endpoints WHERE is_active AND (owner_id = $1 OR scope = 'all')";
-
-/// An endpoint as events are routed to it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Listener {
-    pub id: Uuid,
-    #[sqlx(try_from = "String")]
-    pub events: EventList,
-}
+pub(crate) const LISTENERS: &str = concat!(
+    "SELECT ",
+    endpoint_columns!(),
+    " FROM webhook_endpoints WHERE is_active AND (owner_id = $1 OR scope = 'all')"
+);
 
 /// The ids of the `listeners` that take `event`.
-pub fn taking(listeners: &[Listener], event: EventType) -> Vec<Uuid> {
+pub fn taking(listeners: &[Endpoint], event: EventType) -> Vec<Uuid> {
     listeners
         .iter()
-        .filter(|l| subscribes(&l.events.0, event))
+        .filter(|l| l.takes(event))
         .map(|l| l.id)
         .collect()
+}
+
+/// The claim number of a delivery written already claimed ([`Handed`]).
+pub const HANDED_CLAIM: i32 = 1;
+
+/// A delivery written already claimed, in the transaction of its event, by the worker that
+/// sends it (see [`Documents::finish`](super::documents::Documents::finish)), with its
+/// endpoint as that transaction saw it. No claim is needed to send it; should that worker
+/// stop first, the delivery is due again when its lease ends, like any claimed one.
+#[derive(Debug, Clone)]
+pub struct Handed {
+    pub delivery: Delivery,
+    pub endpoint: Endpoint,
+}
+
+impl Handed {
+    pub(crate) fn new(
+        id: Uuid,
+        endpoint: &Endpoint,
+        event: EventType,
+        object_id: Uuid,
+        payload: &str,
+        now: DateTime<Utc>,
+        lease: DateTime<Utc>,
+    ) -> Handed {
+        Handed {
+            delivery: Delivery {
+                id,
+                endpoint_id: endpoint.id,
+                event_type: event.as_str().to_owned(),
+                object_id: Some(object_id),
+                payload: payload.to_owned(),
+                status: "pending".to_owned(),
+                attempts: HANDED_CLAIM,
+                claims: HANDED_CLAIM,
+                next_attempt_at: Some(lease),
+                last_status_code: None,
+                last_error: None,
+                last_response: None,
+                created_at: now,
+                delivered_at: None,
+                updated_at: now,
+            },
+            endpoint: endpoint.clone(),
+        }
+    }
 }
 
 pub struct Deliveries<'a>(pub(super) &'a Db);
@@ -485,8 +543,8 @@ impl Deliveries<'_> {
         };
         on_db!(self.0, pool => {
             let mut tx = pool.begin().await.db()?;
-            let ids = insert_deliveries!(tx, [endpoint.id], EventType::Test, Some(endpoint.id), &data).await?;
-            let Some(&id) = ids.first() else {
+            let inserted = insert_deliveries!(tx, &[endpoint.id], EventType::Test, Some(endpoint.id), &data, None).await?;
+            let Some(&(id, _)) = inserted.deliveries.first() else {
                 return Ok(None);
             };
             let delivery = sqlx::query_as::<_, Delivery>(concat!(
@@ -646,6 +704,49 @@ impl Deliveries<'_> {
                 }
                 tx.commit().await.db()?;
                 Ok(recorded)
+            }
+        }
+    }
+
+    /// Gives back deliveries claimed (or [`Handed`]) under claim number `claim` and not sent:
+    /// each is due now, that attempt uncounted, for any worker to claim. Returns how many
+    /// were given back (not those given back already, nor claimed again since).
+    pub async fn release(&self, claimed: &[(Uuid, i32)]) -> DbResult<u64> {
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let now = crate::now();
+        match self.0.pool() {
+            super::Pool::Postgres(pool) => sqlx::query(
+                "UPDATE webhook_deliveries d SET attempts = GREATEST(d.attempts - 1, 0), next_attempt_at = $3, \
+                 updated_at = $3 FROM UNNEST($1::uuid[], $2::int4[]) AS u(id, claim) \
+                 WHERE d.id = u.id AND d.claims = u.claim AND d.status = 'pending' AND d.next_attempt_at > $3",
+            )
+            .bind(claimed.iter().map(|c| c.0).collect::<Vec<_>>())
+            .bind(claimed.iter().map(|c| c.1).collect::<Vec<_>>())
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+            .db(),
+            super::Pool::Sqlite(pool) => {
+                let mut tx = pool.begin().await.db()?;
+                let mut released = 0;
+                for (id, claim) in claimed {
+                    released += sqlx::query(
+                        "UPDATE webhook_deliveries SET attempts = MAX(attempts - 1, 0), next_attempt_at = $3, \
+                         updated_at = $3 WHERE id = $1 AND claims = $2 AND status = 'pending' AND next_attempt_at > $3",
+                    )
+                    .bind(id)
+                    .bind(claim)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .db()?
+                    .rows_affected();
+                }
+                tx.commit().await.db()?;
+                Ok(released)
             }
         }
     }
@@ -820,6 +921,179 @@ mod tests {
             .unwrap();
         assert_eq!(pruned, 1, "only the finished delivery leaves the log");
         assert_eq!(deliveries.list(endpoint.id, 50, 0).await.unwrap().total, 4);
+    }
+
+    /// A document of `owner`'s, claimed by a worker and finished `ready` by it, with `lease`.
+    async fn finished_by_a_worker(
+        db: &Db,
+        owner: Uuid,
+        lease: Option<DateTime<Utc>>,
+    ) -> (Uuid, crate::db::documents::Finished) {
+        let context = serde_json::json!({"insured": "A. Martin"});
+        let doc = db
+            .documents()
+            .create(crate::db::documents::NewDocument {
+                owner_id: owner,
+                document_type: "attestation",
+                output_format: crate::model::OutputFormat::Html,
+                template_version_id: None,
+                policy_id: None,
+                inline_context: &context,
+                compress: false,
+                encrypt: false,
+                request_id: None,
+                idempotency_key: None,
+                request_hash: None,
+                priority: crate::model::Priority::Interactive,
+                lease_until: crate::now(),
+                preview: false,
+            })
+            .await
+            .unwrap();
+        let claimed = db
+            .documents()
+            .claim(doc.id, crate::now() + chrono::TimeDelta::seconds(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let timings = crate::model::Timings::default();
+        let ready = || crate::db::documents::Outcome::Ready {
+            storage_key: "documents/x",
+            size_bytes: 10,
+            stored_bytes: 10,
+            checksum: "c",
+            timings: &timings,
+        };
+        let finished = db
+            .documents()
+            .finish(&claimed, claimed.attempts, ready(), lease)
+            .await
+            .unwrap();
+        let again = db
+            .documents()
+            .finish(&claimed, claimed.attempts, ready(), lease)
+            .await
+            .unwrap();
+        assert!(
+            !again.won && again.handed.is_empty(),
+            "a second finish of the same attempt changes nothing and hands nothing"
+        );
+        (doc.id, finished)
+    }
+
+    /// A document finished with a lease has its deliveries written claimed and handed to
+    /// the worker that finished it, with their endpoint: no claim takes them while the lease
+    /// runs, and the handed attempt records its outcome. One given back is due at once, its
+    /// attempt uncounted. Finished without a lease, they wait for a claim.
+    async fn finishing_workers_are_handed_their_deliveries(db: &Db) {
+        let user = db
+            .users()
+            .create(crate::db::users::NewUser {
+                email: "handed@example.com",
+                full_name: None,
+                hashed_password: "x",
+                role: crate::model::Role::Agent,
+                is_active: true,
+            })
+            .await
+            .unwrap();
+        let events = EventList(vec!["document.ready".into()]);
+        let endpoint = db
+            .webhook_endpoints()
+            .create(NewEndpoint {
+                owner_id: user.id,
+                url: "https://hooks.example.com/",
+                description: None,
+                events: &events,
+                scope: "own",
+                secret: &Secret::generate(),
+            })
+            .await
+            .unwrap();
+        let deliveries = db.webhook_deliveries();
+        let lease = crate::now() + chrono::TimeDelta::seconds(60);
+
+        let (doc, finished) = finished_by_a_worker(db, user.id, Some(lease)).await;
+        assert!(finished.won);
+        let [handed] = &finished.handed[..] else {
+            panic!("one delivery handed over: {:?}", finished.handed);
+        };
+        assert_eq!(
+            (handed.endpoint.id, handed.endpoint.secret.as_str()),
+            (endpoint.id, endpoint.secret.as_str())
+        );
+        let event: serde_json::Value = serde_json::from_str(&handed.delivery.payload).unwrap();
+        assert_eq!(event["type"], "document.ready");
+        assert_eq!(event["data"]["id"], doc.to_string());
+        assert_eq!(handed.delivery.object_id, Some(doc));
+        assert!(
+            deliveries.claim(10, lease).await.unwrap().is_empty(),
+            "leased to the worker that finished the document"
+        );
+        let logged = deliveries.list(endpoint.id, 10, 0).await.unwrap();
+        let row = &logged.items[0];
+        assert_eq!(
+            (row.id, row.status.as_str(), row.attempts, row.claims),
+            (handed.delivery.id, "pending", 1, HANDED_CLAIM)
+        );
+        assert_eq!(row.payload, handed.delivery.payload);
+        let sent = AttemptOutcome::Succeeded {
+            status_code: 204,
+            response: "",
+        };
+        assert!(
+            deliveries
+                .record(handed.delivery.id, handed.delivery.claims, sent)
+                .await
+                .unwrap()
+        );
+
+        // Given back unsent: due now, for any worker, as the first attempt.
+        let (_, finished) = finished_by_a_worker(db, user.id, Some(lease)).await;
+        let unsent: Vec<(Uuid, i32)> = finished
+            .handed
+            .iter()
+            .map(|h| (h.delivery.id, h.delivery.claims))
+            .collect();
+        assert_eq!(unsent.len(), 1);
+        assert_eq!(deliveries.release(&unsent).await.unwrap(), 1);
+        assert_eq!(
+            deliveries.release(&unsent).await.unwrap(),
+            0,
+            "given back once"
+        );
+        let claimed = deliveries.claim(10, lease).await.unwrap();
+        let claims: Vec<_> = claimed
+            .iter()
+            .map(|d| (d.id, d.attempts, d.claims))
+            .collect();
+        assert_eq!(claims, [(unsent[0].0, 1, HANDED_CLAIM + 1)]);
+        assert_eq!(
+            deliveries.release(&unsent).await.unwrap(),
+            0,
+            "not under another claim"
+        );
+
+        // Without a lease: nothing handed over, the delivery due for a claim.
+        let (doc, finished) = finished_by_a_worker(db, user.id, None).await;
+        assert!(finished.won && finished.handed.is_empty());
+        let claimed = deliveries.claim(10, lease).await.unwrap();
+        let claims: Vec<_> = claimed.iter().map(|d| (d.object_id, d.attempts)).collect();
+        assert_eq!(claims, [(Some(doc), 1)]);
+    }
+
+    #[tokio::test]
+    async fn finishing_workers_are_handed_their_deliveries_on_sqlite() {
+        finishing_workers_are_handed_their_deliveries(&crate::db::fixtures::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn finishing_workers_are_handed_their_deliveries_on_postgres() {
+        let Some(pg) = crate::db::fixtures::postgres().await else {
+            return;
+        };
+        finishing_workers_are_handed_their_deliveries(&pg.db).await;
+        pg.drop().await;
     }
 
     #[tokio::test]
