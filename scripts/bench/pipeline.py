@@ -1307,8 +1307,8 @@ class HookReceiver:
             return {i: t for i, t in self.arrivals.items() if i in ids}
 
     def close(self) -> None:
+        # The loop runs on (a daemon thread) so that connections still open end cleanly.
         self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 PLATFORM_GROUPS = ("API process", "worker processes", "Postgres", "Redis")

@@ -281,7 +281,10 @@ pub async fn run(
         deps.feeder.clone(),
         stop_rx.clone(),
     ));
-    let hooks = tokio::spawn(webhooks::run(deps.clone(), stop_rx.clone()));
+    // Opened before the pipeline starts: every document this worker finishes hands its
+    // deliveries to its own dispatcher.
+    let handed = deps.hooks.open();
+    let hooks = tokio::spawn(webhooks::run(deps.clone(), handed, stop_rx.clone()));
     let periodic = tokio::spawn(periodic_tasks(deps.clone(), id, stop_rx));
 
     let beats = deps.clone();

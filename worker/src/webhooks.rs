@@ -109,6 +109,19 @@ impl Handoff {
         }
     }
 
+    /// Starts handing over: from now on, finished documents' deliveries are written claimed
+    /// by this worker and come out of the receiver returned, which its dispatcher reads
+    /// ([`run`]). `None` when a dispatcher has taken it already.
+    pub fn open(&self) -> Option<mpsc::UnboundedReceiver<Handed>> {
+        let receiver = self
+            .receiver
+            .lock()
+            .expect("the handoff lock is never poisoned")
+            .take();
+        self.open.store(receiver.is_some(), Ordering::Release);
+        receiver
+    }
+
     /// Until when the deliveries of a document finishing now are leased to this worker;
     /// `None` (the dispatcher is not running) leaves them to be claimed.
     pub fn lease(&self) -> Option<DateTime<Utc>> {
@@ -417,22 +430,22 @@ async fn send(deps: &Deps, sender: &Sender, delivery: &Delivery, endpoint: &Endp
 /// `WEBHOOK_TIMEOUT_SECONDS`). Outcomes are recorded together ([`RECORD_BATCH`],
 /// [`RECORD_WINDOW`]), and each claim reads every endpoint it needs once: a delivery costs
 /// the database little more than its own row.
-pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
+///
+/// `handed` is what [`Handoff::open`] gave, before this worker's pipeline started.
+pub async fn run(
+    deps: Arc<Deps>,
+    mut handed: Option<mpsc::UnboundedReceiver<Handed>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let settings = deps.settings.webhooks.clone();
     let sender = match Sender::new(&settings) {
         Ok(sender) => sender,
         Err(err) => {
             warn!(error = %err, "cannot build the webhook client; this worker sends no webhooks");
+            give_back(&deps, handed.as_mut(), VecDeque::new()).await;
             return;
         }
     };
-    let handoff = &deps.hooks;
-    let mut handed = handoff
-        .receiver
-        .lock()
-        .expect("the handoff lock is never poisoned")
-        .take();
-    handoff.open.store(handed.is_some(), Ordering::Release);
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sending: JoinSet<Done> = JoinSet::new();
@@ -540,9 +553,25 @@ pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
-    // Deliveries handed over and not started are given back, due now, for any worker.
-    handoff.open.store(false, Ordering::Release);
-    if let Some(handed) = handed.as_mut() {
+    give_back(&deps, handed.as_mut(), waiting).await;
+    // Attempts in flight end within their timeout; what ended is recorded, what did not is
+    // sent again when its lease ends.
+    let deadline = tokio::time::Instant::now() + settings.timeout + Duration::from_secs(1);
+    while let Ok(Some(next)) = tokio::time::timeout_at(deadline, sending.join_next()).await {
+        ended.extend(next.ok());
+    }
+    record(&deps, ended).await;
+}
+
+/// Stops the handoff and gives back the deliveries handed over and not started (`waiting`,
+/// and what is still in `handed`): due now, for any worker.
+async fn give_back(
+    deps: &Deps,
+    handed: Option<&mut mpsc::UnboundedReceiver<Handed>>,
+    mut waiting: VecDeque<Handed>,
+) {
+    deps.hooks.open.store(false, Ordering::Release);
+    if let Some(handed) = handed {
         handed.close();
         while let Ok(next) = handed.try_recv() {
             waiting.push_back(next);
@@ -556,13 +585,6 @@ pub async fn run(deps: Arc<Deps>, mut stop: watch::Receiver<bool>) {
         warn!(count = unsent.len(), error = %err,
             "cannot give back unsent webhook deliveries; they are sent when their lease ends");
     }
-    // Attempts in flight end within their timeout; what ended is recorded, what did not is
-    // sent again when its lease ends.
-    let deadline = tokio::time::Instant::now() + settings.timeout + Duration::from_secs(1);
-    while let Ok(Some(next)) = tokio::time::timeout_at(deadline, sending.join_next()).await {
-        ended.extend(next.ok());
-    }
-    record(&deps, ended).await;
 }
 
 /// The next delivery handed over, when there is a handoff to read.

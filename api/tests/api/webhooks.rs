@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::receiver::{Answer, Receiver, verify};
-use crate::helpers::{Backend, TestApp, error_code, spawn_app_with};
+use crate::helpers::{Backend, TestApp, error_code, sigterm, spawn_app_with};
 use crate::{for_each_backend, on_both_backends_with};
 
 /// Receivers on loopback are allowed; retries come quickly.
@@ -38,6 +38,7 @@ on_both_backends_with!(
 );
 for_each_backend!(
     a_delivery_survives_a_worker_restart_between_attempts,
+    a_stopping_worker_gives_back_the_deliveries_it_has_not_sent,
     a_batch_announces_its_completion_once,
 );
 
@@ -738,6 +739,67 @@ async fn a_delivery_survives_a_worker_restart_between_attempts(backend: Backend)
     })
     .await;
     assert_eq!(delivered["attempts"], 2);
+    app.stop().await;
+}
+
+/// The worker that finishes a document sends its deliveries without claiming them; when
+/// it stops gracefully with some not yet started (one endpoint slow, one delivery at a
+/// time), it gives them back, and another worker sends them at once, not when their lease
+/// (`WEBHOOK_TIMEOUT_SECONDS` + 30 s) would have run out.
+async fn a_stopping_worker_gives_back_the_deliveries_it_has_not_sent(backend: Backend) {
+    let settings = [
+        ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true"),
+        ("WEBHOOK_POLL_MS", "50"),
+        ("WEBHOOK_CONCURRENCY", "1"),
+        ("WEBHOOK_TIMEOUT_SECONDS", "10"),
+    ];
+    let app = spawn_app_with(backend, &settings, false).await;
+    let (agent, receiver, endpoint) = agent_with_endpoint(&app, "hooks-handed@example.com").await;
+    let id = endpoint["id"].as_str().unwrap();
+
+    receiver.answer([Answer::Slow(Duration::from_secs(4))]);
+    let mut first_worker = app.start_worker(&[("WORKER_CONCURRENCY", "4")]);
+    let docs = app.generate_quotes(&agent, 3).await;
+    for doc in &docs {
+        let ready = app.wait_for_document(&agent, doc).await;
+        assert_eq!(ready["status"], "ready");
+    }
+    // One delivery is in flight to the slow endpoint; the other two wait in the worker.
+    let first = receiver.wait_for(1, Duration::from_secs(30)).await;
+    let stopped_at = tokio::time::Instant::now();
+    let status = sigterm(&mut first_worker).await;
+    assert!(status.success(), "the worker drains and exits: {status}");
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "a stopping worker starts no delivery"
+    );
+
+    let _second_worker = app.start_worker(&[]);
+    let all = receiver.wait_for(3, Duration::from_secs(30)).await;
+    let took = stopped_at.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "given back, not left to their 40 s lease: {took:?}"
+    );
+    let mut about: Vec<String> = all
+        .iter()
+        .map(|r| r.json()["data"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    about.sort();
+    let mut expected = docs.clone();
+    expected.sort();
+    assert_eq!(about, expected, "one delivery per document");
+    for request in &all {
+        let webhook_id = request.header("webhook-id");
+        let delivered =
+            until_delivery(&app, &agent, id, webhook_id, |d| d["status"] == "succeeded").await;
+        assert_eq!(
+            delivered["attempts"], 1,
+            "a delivery given back unsent does not count an attempt"
+        );
+    }
+    assert_ne!(all[1].header("webhook-id"), first[0].header("webhook-id"));
     app.stop().await;
 }
 
