@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,11 @@ const RECORD_BATCH: usize = 64;
 /// the statements cost Postgres more than the deliveries' rows: measured 2.5 outcomes per
 /// statement, each statement planned again.)
 const RECORD_WINDOW: Duration = Duration::from_millis(100);
+
+/// Handed-over deliveries waiting for a free slot, past which finishing documents leave
+/// their deliveries to be claimed (by any worker) instead: a slow endpoint cannot make a
+/// worker hold an unbounded queue in memory.
+const HANDOFF_LIMIT: usize = 1024;
 
 /// The `user-agent` of every delivery.
 const USER_AGENT: &str = concat!("MONASSURANCE-Webhooks/", env!("CARGO_PKG_VERSION"));
@@ -94,6 +99,8 @@ pub struct Handoff {
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Handed>>>,
     /// Whether the dispatcher takes deliveries.
     open: AtomicBool,
+    /// How many handed-over deliveries wait for a free slot.
+    waiting: AtomicUsize,
     /// How long a handed delivery's lease runs.
     lease: Duration,
 }
@@ -105,6 +112,7 @@ impl Handoff {
             sender,
             receiver: Mutex::new(Some(receiver)),
             open: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
             lease: settings.timeout + LEASE_MARGIN,
         }
     }
@@ -123,11 +131,12 @@ impl Handoff {
     }
 
     /// Until when the deliveries of a document finishing now are leased to this worker;
-    /// `None` (the dispatcher is not running) leaves them to be claimed.
+    /// `None` (the dispatcher is not running, or [`HANDOFF_LIMIT`] deliveries wait for it
+    /// already) leaves them to be claimed.
     pub fn lease(&self) -> Option<DateTime<Utc>> {
-        self.open
-            .load(Ordering::Acquire)
-            .then(|| common::now() + self.lease)
+        let taking = self.open.load(Ordering::Acquire)
+            && self.waiting.load(Ordering::Relaxed) < HANDOFF_LIMIT;
+        taking.then(|| common::now() + self.lease)
     }
 
     /// Gives the dispatcher deliveries written with [`Handoff::lease`].
@@ -495,6 +504,7 @@ pub async fn run(
                 endpoint,
             ));
         }
+        deps.hooks.waiting.store(waiting.len(), Ordering::Relaxed);
         if !ended.is_empty() {
             let now = tokio::time::Instant::now();
             if ended.len() >= RECORD_BATCH || record_by.is_some_and(|at| at <= now) {
