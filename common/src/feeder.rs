@@ -226,38 +226,14 @@ mod tests {
         let queue = JobQueue::connect(&settings, None).await.unwrap();
         let mut owners = Vec::new();
         for email in ["a@example.com", "b@example.com"] {
-            let user = db
-                .users()
-                .create(crate::db::users::NewUser {
-                    email,
-                    full_name: None,
-                    hashed_password: "x",
-                    role: crate::model::Role::Agent,
-                    is_active: true,
-                })
-                .await
-                .unwrap();
-            owners.push(user.id);
+            owners.push(crate::db::fixtures::agent(db, email).await.id);
         }
         owners.sort();
-        let context = serde_json::json!({});
         for &owner_id in &owners {
             for _ in 0..6 {
                 let new = crate::db::documents::NewDocument {
-                    owner_id,
-                    document_type: "attestation",
-                    output_format: crate::model::OutputFormat::Html,
-                    template_version_id: None,
-                    policy_id: None,
-                    inline_context: &context,
-                    compress: false,
-                    encrypt: false,
-                    request_id: None,
-                    idempotency_key: None,
-                    request_hash: None,
                     priority: crate::model::Priority::Bulk,
-                    lease_until: crate::now(),
-                    preview: false,
+                    ..crate::db::fixtures::document(owner_id)
                 };
                 db.documents().create(new).await.unwrap();
             }

@@ -765,7 +765,7 @@ async fn a_stopping_worker_gives_back_the_deliveries_it_has_not_sent(backend: Ba
         assert_eq!(ready["status"], "ready");
     }
     // One delivery is in flight to the slow endpoint; the other two wait in the worker.
-    let first = receiver.wait_for(1, Duration::from_secs(30)).await;
+    receiver.wait_for(1, Duration::from_secs(30)).await;
     let stopped_at = tokio::time::Instant::now();
     let status = sigterm(&mut first_worker).await;
     assert!(status.success(), "the worker drains and exits: {status}");
@@ -799,7 +799,6 @@ async fn a_stopping_worker_gives_back_the_deliveries_it_has_not_sent(backend: Ba
             "a delivery given back unsent does not count an attempt"
         );
     }
-    assert_ne!(all[1].header("webhook-id"), first[0].header("webhook-id"));
     app.stop().await;
 }
 

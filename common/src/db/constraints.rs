@@ -238,22 +238,9 @@ mod tests {
     }
 
     fn new_document(owner_id: Uuid, key: &str) -> NewDocument<'_> {
-        static CONTEXT: serde_json::Value = serde_json::Value::Null;
         NewDocument {
-            owner_id,
-            document_type: "attestation",
-            output_format: OutputFormat::Html,
-            template_version_id: None,
-            policy_id: None,
-            inline_context: &CONTEXT,
-            compress: false,
-            encrypt: false,
-            request_id: None,
             idempotency_key: Some(key),
-            request_hash: None,
-            priority: crate::model::Priority::Interactive,
-            lease_until: Utc::now(),
-            preview: false,
+            ..crate::db::fixtures::document(owner_id)
         }
     }
 

@@ -167,39 +167,32 @@ async fn finish_with_deliveries_pg(
         None => 0,
     };
     let due = lease.unwrap_or(now);
+    // `$1` to `$9`, the same for either outcome.
+    let deliveries = |sql| {
+        sqlx::query_as::<_, (Option<Uuid>, Option<Uuid>)>(sql)
+            .bind(id)
+            .bind(attempt)
+            .bind(now)
+            .bind(&ids)
+            .bind(endpoints)
+            .bind(event.as_str())
+            .bind(payload)
+            .bind(claims)
+            .bind(due)
+    };
     let query = match outcome {
-        Outcome::Ready { storage_key, size_bytes, stored_bytes, checksum, timings } => sqlx::query_as::<_, (Option<Uuid>, Option<Uuid>)>(
-            with_deliveries!(
-                "UPDATE generated_documents SET status = 'ready', storage_key = $10, size_bytes = $11, \
-                 stored_bytes = $12, checksum = $13, timings = $14, error = NULL, finished_at = $3, updated_at = $3"
-            ),
-        )
-        .bind(id)
-        .bind(attempt)
-        .bind(now)
-        .bind(&ids)
-        .bind(endpoints)
-        .bind(event.as_str())
-        .bind(payload)
-        .bind(claims)
-        .bind(due)
+        Outcome::Ready { storage_key, size_bytes, stored_bytes, checksum, timings } => deliveries(with_deliveries!(
+            "UPDATE generated_documents SET status = 'ready', storage_key = $10, size_bytes = $11, \
+             stored_bytes = $12, checksum = $13, timings = $14, error = NULL, finished_at = $3, updated_at = $3"
+        ))
         .bind(*storage_key)
         .bind(*size_bytes)
         .bind(*stored_bytes)
         .bind(*checksum)
         .bind(Json(*timings)),
-        Outcome::Failed { error } => sqlx::query_as::<_, (Option<Uuid>, Option<Uuid>)>(with_deliveries!(
+        Outcome::Failed { error } => deliveries(with_deliveries!(
             "UPDATE generated_documents SET status = 'failed', error = $10, finished_at = $3, updated_at = $3"
         ))
-        .bind(id)
-        .bind(attempt)
-        .bind(now)
-        .bind(&ids)
-        .bind(endpoints)
-        .bind(event.as_str())
-        .bind(payload)
-        .bind(claims)
-        .bind(due)
         .bind(*error),
     };
     let rows = query.fetch_all(pool).await.db()?;

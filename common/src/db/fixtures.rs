@@ -68,3 +68,39 @@ impl PgFixture {
             .unwrap();
     }
 }
+
+/// An active agent with this email.
+pub async fn agent(db: &Db, email: &str) -> crate::model::User {
+    db.users()
+        .create(super::users::NewUser {
+            email,
+            full_name: None,
+            hashed_password: "x",
+            role: crate::model::Role::Agent,
+            is_active: true,
+        })
+        .await
+        .unwrap()
+}
+
+/// An interactive HTML document of `owner_id`'s, without a template or context; tests
+/// change what they need with `..document(owner_id)`.
+pub fn document(owner_id: Uuid) -> super::documents::NewDocument<'static> {
+    static CONTEXT: serde_json::Value = serde_json::Value::Null;
+    super::documents::NewDocument {
+        owner_id,
+        document_type: "attestation",
+        output_format: crate::model::OutputFormat::Html,
+        template_version_id: None,
+        policy_id: None,
+        inline_context: &CONTEXT,
+        compress: false,
+        encrypt: false,
+        request_id: None,
+        idempotency_key: None,
+        request_hash: None,
+        priority: crate::model::Priority::Interactive,
+        lease_until: crate::now(),
+        preview: false,
+    }
+}

@@ -808,22 +808,14 @@ mod tests {
         assert_eq!(secs as i64, at.timestamp());
     }
 
-    /// Claims never hand a delivery to two senders, an outcome counts only for the attempt
-    /// that claimed last, a failed attempt waits for its retry, and the log's retention
-    /// keeps what is pending.
-    async fn deliveries_are_claimed_once_and_recorded_by_their_attempt(db: &Db) {
-        let user = db
-            .users()
-            .create(crate::db::users::NewUser {
-                email: "hooks@example.com",
-                full_name: None,
-                hashed_password: "x",
-                role: crate::model::Role::Agent,
-                is_active: true,
-            })
-            .await
-            .unwrap();
-        let events = EventList(vec!["*".into()]);
+    /// A new agent, and an endpoint of theirs taking `event`.
+    async fn agent_with_endpoint(
+        db: &Db,
+        email: &str,
+        event: &str,
+    ) -> (crate::model::User, Endpoint) {
+        let user = crate::db::fixtures::agent(db, email).await;
+        let events = EventList(vec![event.into()]);
         let endpoint = db
             .webhook_endpoints()
             .create(NewEndpoint {
@@ -836,6 +828,14 @@ mod tests {
             })
             .await
             .unwrap();
+        (user, endpoint)
+    }
+
+    /// Claims never hand a delivery to two senders, an outcome counts only for the attempt
+    /// that claimed last, a failed attempt waits for its retry, and the log's retention
+    /// keeps what is pending.
+    async fn deliveries_are_claimed_once_and_recorded_by_their_attempt(db: &Db) {
+        let (_, endpoint) = agent_with_endpoint(db, "hooks@example.com", "*").await;
         let mut made = Vec::new();
         for _ in 0..5 {
             made.push(
@@ -929,25 +929,9 @@ mod tests {
         owner: Uuid,
         lease: Option<DateTime<Utc>>,
     ) -> (Uuid, crate::db::documents::Finished) {
-        let context = serde_json::json!({"insured": "A. Martin"});
         let doc = db
             .documents()
-            .create(crate::db::documents::NewDocument {
-                owner_id: owner,
-                document_type: "attestation",
-                output_format: crate::model::OutputFormat::Html,
-                template_version_id: None,
-                policy_id: None,
-                inline_context: &context,
-                compress: false,
-                encrypt: false,
-                request_id: None,
-                idempotency_key: None,
-                request_hash: None,
-                priority: crate::model::Priority::Interactive,
-                lease_until: crate::now(),
-                preview: false,
-            })
+            .create(crate::db::fixtures::document(owner))
             .await
             .unwrap();
         let claimed = db
@@ -986,30 +970,8 @@ mod tests {
     /// runs, and the handed attempt records its outcome. One given back is due at once, its
     /// attempt uncounted. Finished without a lease, they wait for a claim.
     async fn finishing_workers_are_handed_their_deliveries(db: &Db) {
-        let user = db
-            .users()
-            .create(crate::db::users::NewUser {
-                email: "handed@example.com",
-                full_name: None,
-                hashed_password: "x",
-                role: crate::model::Role::Agent,
-                is_active: true,
-            })
-            .await
-            .unwrap();
-        let events = EventList(vec!["document.ready".into()]);
-        let endpoint = db
-            .webhook_endpoints()
-            .create(NewEndpoint {
-                owner_id: user.id,
-                url: "https://hooks.example.com/",
-                description: None,
-                events: &events,
-                scope: "own",
-                secret: &Secret::generate(),
-            })
-            .await
-            .unwrap();
+        let (user, endpoint) =
+            agent_with_endpoint(db, "handed@example.com", "document.ready").await;
         let deliveries = db.webhook_deliveries();
         let lease = crate::now() + chrono::TimeDelta::seconds(60);
 
