@@ -257,11 +257,8 @@ pub fn link_base(settings: &common::Settings) -> String {
 /// `document.ready` event's `data` (valid `WEBHOOK_LINK_TTL` from now, so a retry hours
 /// later still carries a working link).
 fn body_for(deps: &Deps, delivery: &Delivery, now: DateTime<Utc>) -> String {
-    if delivery.event_type != EventType::DocumentReady.as_str() {
-        return delivery.payload.clone();
-    }
-    let (Ok(mut event), Some(id)) = (
-        serde_json::from_str::<serde_json::Value>(&delivery.payload),
+    let (true, Some(id)) = (
+        delivery.event_type == EventType::DocumentReady.as_str(),
         delivery.object_id,
     ) else {
         return delivery.payload.clone();
@@ -272,10 +269,32 @@ fn body_for(deps: &Deps, delivery: &Delivery, now: DateTime<Utc>) -> String {
         "{}/api/v1/documents/{id}/download?exp={exp}&sig={sig}",
         link_base(&deps.settings)
     );
-    if let Some(data) = event.get_mut("data").and_then(|d| d.as_object_mut()) {
-        data.insert("download_url".into(), url.into());
+    with_in_data(&delivery.payload, "download_url", &url)
+}
+
+/// `event` (a JSON event) with `key: value` added to its `data` object. Events are written
+/// `{"type", "timestamp", "data"}` in that order ([`common::db::webhooks::payload`]), so
+/// the last two characters close `data` and the event, and the pair goes in before them
+/// without parsing the event; any other shape is parsed.
+fn with_in_data(event: &str, key: &str, value: &str) -> String {
+    let pair = format!(
+        "{}:{}",
+        serde_json::Value::from(key),
+        serde_json::Value::from(value)
+    );
+    if let Some(head) = event.strip_suffix("}}")
+        && event.starts_with(r#"{"type":"#)
+        && !head.ends_with('{')
+    {
+        return format!("{head},{pair}}}}}");
     }
-    event.to_string()
+    let Ok(mut parsed) = serde_json::from_str::<serde_json::Value>(event) else {
+        return event.to_owned();
+    };
+    if let Some(data) = parsed.get_mut("data").and_then(|d| d.as_object_mut()) {
+        data.insert(key.into(), value.into());
+    }
+    parsed.to_string()
 }
 
 /// A claimed delivery, sent: what the dispatcher records.
@@ -609,5 +628,37 @@ async fn receive(handed: &mut Option<mpsc::UnboundedReceiver<Handed>>) -> Option
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_goes_into_the_data_of_an_event_as_written() {
+        let timings = serde_json::json!({"render_ms": 3, "nested": {"deep": "}}"}});
+        let data = serde_json::json!({"id": "d1", "note": "a \"quoted\" }}", "timings": timings});
+        let event = common::db::webhooks::payload(EventType::DocumentReady, common::now(), &data);
+        let url = "https://example.com/download?exp=1&sig=a\"b";
+        let with: serde_json::Value =
+            serde_json::from_str(&with_in_data(&event, "download_url", url)).unwrap();
+        let mut expected: serde_json::Value = serde_json::from_str(&event).unwrap();
+        expected["data"]["download_url"] = url.into();
+        assert_eq!(with, expected);
+
+        // Another shape is parsed: `data` not last, or empty.
+        let other = r#"{"data":{"id":"d1"},"type":"document.ready"}"#;
+        let with: serde_json::Value = serde_json::from_str(&with_in_data(other, "k", "v")).unwrap();
+        assert_eq!(
+            with,
+            serde_json::json!({"data": {"id": "d1", "k": "v"}, "type": "document.ready"})
+        );
+        let empty = r#"{"type":"document.ready","data":{}}"#;
+        let with: serde_json::Value = serde_json::from_str(&with_in_data(empty, "k", "v")).unwrap();
+        assert_eq!(
+            with,
+            serde_json::json!({"type": "document.ready", "data": {"k": "v"}})
+        );
     }
 }

@@ -127,14 +127,60 @@ pub struct Finished {
     pub handed: Vec<Handed>,
 }
 
-/// On Postgres, [`Documents::finish`] with its deliveries in one statement: the guarded
-/// update, and one delivery per endpoint in `endpoints` still active, inserted only when
-/// the update happened (claimed, leased until `lease`, when there is one). One round trip
-/// instead of a transaction's four. `None` when the update did not happen; else the
-/// deliveries written, each with its endpoint.
+/// The update that ends a document ready: `$1` document, `$2` attempt, `$3` now, `$10`
+/// storage key, `$11` size, `$12` stored size, `$13` checksum, `$14` timings.
+macro_rules! ready_update {
+    () => {
+        "UPDATE generated_documents SET status = 'ready', storage_key = $10, size_bytes = $11, \
+         stored_bytes = $12, checksum = $13, timings = $14, error = NULL, finished_at = $3, updated_at = $3 \
+         WHERE id = $1 AND attempts = $2 AND status = 'processing'"
+    };
+}
+
+/// The update that ends a document failed: `$1` document, `$2` attempt, `$3` now, `$10` error.
+macro_rules! failed_update {
+    () => {
+        "UPDATE generated_documents SET status = 'failed', error = $10, finished_at = $3, updated_at = $3 \
+         WHERE id = $1 AND attempts = $2 AND status = 'processing'"
+    };
+}
+
+/// Binds `$10` onwards of [`ready_update!`] or [`failed_update!`], whichever `$outcome` is,
+/// to `$query` (`$1` to `$9` bound already).
+macro_rules! bind_outcome {
+    ($outcome:expr, $ready:expr, $failed:expr) => {
+        match $outcome {
+            Outcome::Ready {
+                storage_key,
+                size_bytes,
+                stored_bytes,
+                checksum,
+                timings,
+            } => $ready
+                .bind(*storage_key)
+                .bind(*size_bytes)
+                .bind(*stored_bytes)
+                .bind(*checksum)
+                .bind(Json(*timings)),
+            Outcome::Failed { error } => $failed.bind(*error),
+        }
+    };
+}
+
+/// [`Documents::finish`] with its deliveries in one round trip: the guarded update, and one
+/// delivery per endpoint in `endpoints` still active, inserted only when the update
+/// happened (claimed, leased until `lease`, when there is one). `None` when the update did
+/// not happen; else the deliveries written, each with its endpoint.
+///
+/// On Postgres it is one statement. On SQLite, whose every statement is a round trip to
+/// the connection's own thread, a transaction's four (begin, update, insert, commit) cost
+/// more than the rows they write, so the four statements go as one query (SQLite runs a
+/// query's statements in turn; its `$N` parameters are shared). A connection left inside
+/// that transaction (a statement failed, or the caller stopped waiting mid-way) is closed,
+/// which rolls it back, rather than returned to the pool.
 #[allow(clippy::too_many_arguments)]
-async fn finish_with_deliveries_pg(
-    pool: &sqlx::PgPool,
+async fn finish_with_deliveries(
+    pool: &super::Pool,
     id: Uuid,
     attempt: i32,
     outcome: &Outcome<'_>,
@@ -144,58 +190,95 @@ async fn finish_with_deliveries_pg(
     payload: &str,
     lease: Option<DateTime<Utc>>,
 ) -> DbResult<Option<Vec<(Uuid, Uuid)>>> {
-    /// Inserts the deliveries for the row `d` updated: `$1` document, `$2` attempt, `$3`
-    /// now, `$4` delivery ids, `$5` endpoint ids, `$6` event, `$7` payload, `$8` claims
-    /// (and attempts) already made, `$9` when the deliveries are due. One row per
-    /// delivery, or one of NULLs when the update happened without any.
-    macro_rules! with_deliveries {
-        ($update:literal) => {
-            concat!(
-                "WITH d AS (", $update, " WHERE id = $1 AND attempts = $2 AND status = 'processing' RETURNING id), \
-                 w AS (INSERT INTO webhook_deliveries (id, endpoint_id, event_type, object_id, payload, status, \
-                 attempts, claims, next_attempt_at, created_at, updated_at) \
-                 SELECT u.id, e.id, $6, d.id, $7, 'pending', $8, $8, $9, $3, $3 \
-                 FROM d CROSS JOIN UNNEST($4::uuid[], $5::uuid[]) AS u(id, endpoint_id) \
-                 JOIN webhook_endpoints e ON e.id = u.endpoint_id AND e.is_active RETURNING id, endpoint_id) \
-                 SELECT w.id, w.endpoint_id FROM d LEFT JOIN w ON TRUE"
-            )
-        };
-    }
     let ids: Vec<Uuid> = endpoints.iter().map(|_| Uuid::now_v7()).collect();
     let claims = match lease {
         Some(_) => webhooks::HANDED_CLAIM,
         None => 0,
     };
     let due = lease.unwrap_or(now);
-    // `$1` to `$9`, the same for either outcome.
-    let deliveries = |sql| {
-        sqlx::query_as::<_, (Option<Uuid>, Option<Uuid>)>(sql)
-            .bind(id)
-            .bind(attempt)
-            .bind(now)
-            .bind(&ids)
-            .bind(endpoints)
-            .bind(event.as_str())
-            .bind(payload)
-            .bind(claims)
-            .bind(due)
+    // One row per delivery written, or one of NULLs when the update happened without any;
+    // none when it did not happen.
+    let rows: Vec<(Option<Uuid>, Option<Uuid>)> = match pool {
+        super::Pool::Postgres(pool) => {
+            /// `$4` delivery ids, `$5` endpoint ids, `$6` event, `$7` payload, `$8` claims
+            /// (and attempts) already made, `$9` when the deliveries are due.
+            macro_rules! with_deliveries {
+                ($update:expr) => {
+                    concat!(
+                        "WITH d AS (", $update, " RETURNING id), \
+                         w AS (INSERT INTO webhook_deliveries (id, endpoint_id, event_type, object_id, payload, status, \
+                         attempts, claims, next_attempt_at, created_at, updated_at) \
+                         SELECT u.id, e.id, $6, d.id, $7, 'pending', $8, $8, $9, $3, $3 \
+                         FROM d CROSS JOIN UNNEST($4::uuid[], $5::uuid[]) AS u(id, endpoint_id) \
+                         JOIN webhook_endpoints e ON e.id = u.endpoint_id AND e.is_active RETURNING id, endpoint_id) \
+                         SELECT w.id, w.endpoint_id FROM d LEFT JOIN w ON TRUE"
+                    )
+                };
+            }
+            let shared = |sql| {
+                sqlx::query_as(sql)
+                    .bind(id)
+                    .bind(attempt)
+                    .bind(now)
+                    .bind(&ids)
+                    .bind(endpoints)
+                    .bind(event.as_str())
+                    .bind(payload)
+                    .bind(claims)
+                    .bind(due)
+            };
+            let query = bind_outcome!(
+                outcome,
+                shared(with_deliveries!(ready_update!())),
+                shared(with_deliveries!(failed_update!()))
+            );
+            query.fetch_all(pool).await.db()?
+        }
+        super::Pool::Sqlite(pool) => {
+            /// `$4` delivery ids, `$5` endpoint ids (JSON arrays of hex), `$6` to `$9` as
+            /// on Postgres. `changes()` is the update's row count until the insert ends.
+            macro_rules! with_deliveries {
+                ($update:expr) => {
+                    concat!(
+                        "BEGIN IMMEDIATE; ", $update, "; SELECT NULL, NULL WHERE changes() = 1; \
+                         INSERT INTO webhook_deliveries (id, endpoint_id, event_type, object_id, payload, status, \
+                         attempts, claims, next_attempt_at, created_at, updated_at) \
+                         SELECT unhex(i.value), e.id, $6, $1, $7, 'pending', $8, $8, $9, $3, $3 \
+                         FROM json_each($4) AS i JOIN json_each($5) AS p ON p.key = i.key \
+                         JOIN webhook_endpoints e ON e.id = unhex(p.value) \
+                         WHERE e.is_active AND changes() = 1 RETURNING id, endpoint_id; \
+                         COMMIT"
+                    )
+                };
+            }
+            let hex = |ids: &[Uuid]| {
+                serde_json::to_string(&ids.iter().map(|id| id.simple()).collect::<Vec<_>>())
+                    .expect("ids serialize")
+            };
+            let (ids, endpoints) = (hex(&ids), hex(endpoints));
+            let shared = |sql| {
+                sqlx::query_as(sql)
+                    .bind(id)
+                    .bind(attempt)
+                    .bind(now)
+                    .bind(&ids)
+                    .bind(&endpoints)
+                    .bind(event.as_str())
+                    .bind(payload)
+                    .bind(claims)
+                    .bind(due)
+            };
+            let query = bind_outcome!(
+                outcome,
+                shared(with_deliveries!(ready_update!())),
+                shared(with_deliveries!(failed_update!()))
+            );
+            let mut conn = ClosedUnlessDone::new(pool.acquire().await.db()?);
+            let rows = query.fetch_all(&mut *conn.0).await.db()?;
+            conn.done();
+            rows
+        }
     };
-    let query = match outcome {
-        Outcome::Ready { storage_key, size_bytes, stored_bytes, checksum, timings } => deliveries(with_deliveries!(
-            "UPDATE generated_documents SET status = 'ready', storage_key = $10, size_bytes = $11, \
-             stored_bytes = $12, checksum = $13, timings = $14, error = NULL, finished_at = $3, updated_at = $3"
-        ))
-        .bind(*storage_key)
-        .bind(*size_bytes)
-        .bind(*stored_bytes)
-        .bind(*checksum)
-        .bind(Json(*timings)),
-        Outcome::Failed { error } => deliveries(with_deliveries!(
-            "UPDATE generated_documents SET status = 'failed', error = $10, finished_at = $3, updated_at = $3"
-        ))
-        .bind(*error),
-    };
-    let rows = query.fetch_all(pool).await.db()?;
     if rows.is_empty() {
         return Ok(None);
     }
@@ -204,6 +287,30 @@ async fn finish_with_deliveries_pg(
             .filter_map(|(id, endpoint)| id.zip(endpoint))
             .collect(),
     ))
+}
+
+/// A pooled SQLite connection running statements that open and close a transaction
+/// themselves: dropped before [`ClosedUnlessDone::done`], it may still be inside that
+/// transaction, so it is closed (which rolls the transaction back) instead of returned to
+/// the pool.
+struct ClosedUnlessDone(sqlx::pool::PoolConnection<sqlx::Sqlite>, bool);
+
+impl ClosedUnlessDone {
+    fn new(conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> Self {
+        ClosedUnlessDone(conn, false)
+    }
+
+    fn done(&mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for ClosedUnlessDone {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.close_on_drop();
+        }
+    }
 }
 
 /// `doc` as attempt's `outcome` leaves it at `now`: what its webhook event tells. The
@@ -700,10 +807,10 @@ impl Documents<'_> {
                 .collect()
         };
         let finished = finished_view(doc, &outcome, now);
-        if let (super::Pool::Postgres(pool), true) = (self.0.pool(), for_batch.is_empty()) {
+        if for_batch.is_empty() {
             let payload = webhooks::payload(event, now, &finished);
-            let written = finish_with_deliveries_pg(
-                pool,
+            let written = finish_with_deliveries(
+                self.0.pool(),
                 doc.id,
                 attempt,
                 &outcome,

@@ -679,31 +679,41 @@ impl Deliveries<'_> {
             .await
             .map(|r| r.rows_affected())
             .db(),
+            // One statement, as on Postgres (each statement is a round trip to the
+            // connection's thread): the rows as a JSON array, their times written as sqlx
+            // writes every other.
             super::Pool::Sqlite(pool) => {
-                let mut tx = pool.begin().await.db()?;
-                let mut recorded = 0;
-                for r in &rows {
-                    recorded += sqlx::query(
-                        "UPDATE webhook_deliveries SET status = $3, last_status_code = $4, last_error = $5, \
-                         last_response = $6, next_attempt_at = $7, delivered_at = $8, updated_at = $9 \
-                         WHERE id = $1 AND claims = $2 AND status = 'pending'",
-                    )
-                    .bind(r.id)
-                    .bind(r.claim)
-                    .bind(r.status)
-                    .bind(r.code)
-                    .bind(&r.error)
-                    .bind(&r.response)
-                    .bind(r.next_at)
-                    .bind(r.delivered_at)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .db()?
-                    .rows_affected();
-                }
-                tx.commit().await.db()?;
-                Ok(recorded)
+                let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+                let rows: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!([
+                            r.id.simple().to_string(),
+                            r.claim,
+                            r.status,
+                            r.code,
+                            r.error,
+                            r.response,
+                            r.next_at.map(time),
+                            r.delivered_at.map(time),
+                        ])
+                    })
+                    .collect();
+                sqlx::query(
+                    "UPDATE webhook_deliveries AS d SET status = u.status, last_status_code = u.code, \
+                     last_error = u.error, last_response = u.response, next_attempt_at = u.next_at, \
+                     delivered_at = u.delivered_at, updated_at = $2 \
+                     FROM (SELECT unhex(value ->> 0) AS id, value ->> 1 AS claim, value ->> 2 AS status, \
+                     value ->> 3 AS code, value ->> 4 AS error, value ->> 5 AS response, value ->> 6 AS next_at, \
+                     value ->> 7 AS delivered_at FROM json_each($1)) AS u \
+                     WHERE d.id = u.id AND d.claims = u.claim AND d.status = 'pending'",
+                )
+                .bind(serde_json::Value::Array(rows).to_string())
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+                .db()
             }
         }
     }
@@ -1055,6 +1065,108 @@ mod tests {
             return;
         };
         finishing_workers_are_handed_their_deliveries(&pg.db).await;
+        pg.drop().await;
+    }
+
+    /// Outcomes recorded together land each on its own row, whatever their columns.
+    async fn outcomes_recorded_together_land_on_their_rows(db: &Db) {
+        let (_, endpoint) = agent_with_endpoint(db, "together@example.com", "*").await;
+        let deliveries = db.webhook_deliveries();
+        for _ in 0..4 {
+            deliveries.create_test(&endpoint).await.unwrap().unwrap();
+        }
+        let lease = crate::now() + chrono::TimeDelta::seconds(60);
+        let mut claimed = deliveries.claim(4, lease).await.unwrap();
+        claimed.sort_by_key(|d| d.id);
+        let retry_at = crate::now() + chrono::TimeDelta::seconds(30);
+        let outcomes = [
+            AttemptOutcome::Succeeded {
+                status_code: 204,
+                response: "ok",
+            },
+            AttemptOutcome::Failed {
+                status_code: Some(503),
+                error: "the endpoint answered 503",
+                response: Some("busy \"now\""),
+                retry_at: Some(retry_at),
+            },
+            AttemptOutcome::Failed {
+                status_code: None,
+                error: "the endpoint did not answer in time",
+                response: None,
+                retry_at: None,
+            },
+            // Claimed again since: dropped.
+            AttemptOutcome::Succeeded {
+                status_code: 200,
+                response: "",
+            },
+        ];
+        let attempts: Vec<Attempt<'_>> = claimed
+            .iter()
+            .zip(outcomes)
+            .enumerate()
+            .map(|(n, (d, outcome))| Attempt {
+                id: d.id,
+                claim: if n == 3 { d.claims + 1 } else { d.claims },
+                outcome,
+            })
+            .collect();
+        assert_eq!(deliveries.record_many(&attempts).await.unwrap(), 3);
+        let page = deliveries.list(endpoint.id, 50, 0).await.unwrap();
+        let row = |id: Uuid| page.items.iter().find(|d| d.id == id).unwrap();
+        let seen: Vec<_> = claimed
+            .iter()
+            .map(|d| {
+                let d = row(d.id);
+                (
+                    d.status.as_str(),
+                    d.last_status_code,
+                    d.last_error.as_deref(),
+                    d.last_response.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("succeeded", Some(204), None, Some("ok")),
+                (
+                    "pending",
+                    Some(503),
+                    Some("the endpoint answered 503"),
+                    Some("busy \"now\"")
+                ),
+                (
+                    "failed",
+                    None,
+                    Some("the endpoint did not answer in time"),
+                    None
+                ),
+                ("pending", None, None, None),
+            ]
+        );
+        assert!(row(claimed[0].id).delivered_at.is_some());
+        let next = row(claimed[1].id).next_attempt_at.unwrap();
+        assert_eq!(
+            next.timestamp_micros(),
+            retry_at.timestamp_micros(),
+            "the retry time as given"
+        );
+        assert_eq!(row(claimed[2].id).next_attempt_at, None);
+    }
+
+    #[tokio::test]
+    async fn outcomes_recorded_together_on_sqlite() {
+        outcomes_recorded_together_land_on_their_rows(&crate::db::fixtures::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn outcomes_recorded_together_on_postgres() {
+        let Some(pg) = crate::db::fixtures::postgres().await else {
+            return;
+        };
+        outcomes_recorded_together_land_on_their_rows(&pg.db).await;
         pg.drop().await;
     }
 
