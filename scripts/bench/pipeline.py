@@ -1467,8 +1467,8 @@ def main() -> int:
                         "other scenarios run with the current binaries only")
     parser.add_argument("--rounds", type=int, default=2,
                         help="with --baseline: pairs per figure, alternating which build goes first (2: ABBA)")
-    parser.add_argument("--webhook-rounds", type=int, default=3,
-                        help="webhook scenario: how many times to run its off, on, on, off rounds (3)")
+    parser.add_argument("--webhook-rounds", type=int, default=5,
+                        help="webhook scenario: how many times to run its off, on, on, off rounds (5)")
     parser.add_argument("--command-line", default="scripts/bench-pipeline", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rounds < 1:
