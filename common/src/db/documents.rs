@@ -174,8 +174,10 @@ macro_rules! bind_outcome {
 ///
 /// On Postgres it is one statement. On SQLite, whose every statement is a round trip to
 /// the connection's own thread, a transaction's four (begin, update, insert, commit) cost
-/// more than the rows they write, so the four statements go as one query (SQLite runs a
-/// query's statements in turn; its `$N` parameters are shared). A connection left inside
+/// more than the rows they write, so the four statements go as one query (sqlx's SQLite
+/// driver runs a query's statements in turn, its `$N` parameters shared; sqlx means to
+/// drop that in favour of `raw_sql`, which takes no parameters, and the finish tests on
+/// SQLite would say so on an upgrade that does). A connection left inside
 /// that transaction (a statement failed, or the caller stopped waiting mid-way) is closed,
 /// which rolls it back, rather than returned to the pool.
 #[allow(clippy::too_many_arguments)]

@@ -939,25 +939,9 @@ mod tests {
         owner: Uuid,
         lease: Option<DateTime<Utc>>,
     ) -> (Uuid, crate::db::documents::Finished) {
-        let doc = db
-            .documents()
-            .create(crate::db::fixtures::document(owner))
-            .await
-            .unwrap();
-        let claimed = db
-            .documents()
-            .claim(doc.id, crate::now() + chrono::TimeDelta::seconds(60))
-            .await
-            .unwrap()
-            .unwrap();
+        let claimed = claimed_document(db, owner).await;
         let timings = crate::model::Timings::default();
-        let ready = || crate::db::documents::Outcome::Ready {
-            storage_key: "documents/x",
-            size_bytes: 10,
-            stored_bytes: 10,
-            checksum: "c",
-            timings: &timings,
-        };
+        let ready = || ready(&timings);
         let finished = db
             .documents()
             .finish(&claimed, claimed.attempts, ready(), lease)
@@ -972,7 +956,32 @@ mod tests {
             !again.won && again.handed.is_empty(),
             "a second finish of the same attempt changes nothing and hands nothing"
         );
-        (doc.id, finished)
+        (claimed.id, finished)
+    }
+
+    /// A new document of `owner`'s, claimed by a worker.
+    async fn claimed_document(db: &Db, owner: Uuid) -> crate::model::Document {
+        let doc = db
+            .documents()
+            .create(crate::db::fixtures::document(owner))
+            .await
+            .unwrap();
+        db.documents()
+            .claim(doc.id, crate::now() + chrono::TimeDelta::seconds(60))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A worker's outcome for a document rendered and stored.
+    fn ready(timings: &crate::model::Timings) -> crate::db::documents::Outcome<'_> {
+        crate::db::documents::Outcome::Ready {
+            storage_key: "documents/x",
+            size_bytes: 10,
+            stored_bytes: 10,
+            checksum: "c",
+            timings,
+        }
     }
 
     /// A document finished with a lease has its deliveries written claimed and handed to
@@ -1066,6 +1075,77 @@ mod tests {
         };
         finishing_workers_are_handed_their_deliveries(&pg.db).await;
         pg.drop().await;
+    }
+
+    /// On SQLite the finish and its deliveries run as one query that opens and commits its
+    /// own transaction: when a statement in it fails, the transaction is not left open on
+    /// a pooled connection (where the next user would write into it, or everyone else wait
+    /// on its lock), and the document is as it was.
+    #[tokio::test]
+    async fn a_finish_that_fails_midway_leaves_no_transaction_behind_on_sqlite() {
+        crate::db::configure_sqlite_process();
+        let dir = tempfile::tempdir().unwrap();
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("db.sqlite"))
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(2))
+            .foreign_keys(true);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options.clone())
+            .await
+            .unwrap();
+        let db = Db::for_tests(super::super::Pool::Sqlite(pool.clone()));
+        db.migrate().await.unwrap();
+        let (user, _) = agent_with_endpoint(&db, "midway@example.com", "document.ready").await;
+        let claimed = claimed_document(&db, user.id).await;
+        let timings = crate::model::Timings::default();
+        let ready = || ready(&timings);
+        let lease = Some(crate::now() + chrono::TimeDelta::seconds(60));
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON webhook_deliveries BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let failed = db
+            .documents()
+            .finish(&claimed, claimed.attempts, ready(), lease)
+            .await;
+        assert!(failed.is_err(), "the insert was refused: {failed:?}");
+
+        sqlx::query("DROP TRIGGER refuse")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let elsewhere = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let status = "SELECT status FROM generated_documents WHERE id = $1";
+        let seen: String = sqlx::query_scalar(status)
+            .bind(claimed.id)
+            .fetch_one(&elsewhere)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen, "processing",
+            "the update was rolled back with the insert"
+        );
+        let finished = db
+            .documents()
+            .finish(&claimed, claimed.attempts, ready(), lease)
+            .await
+            .unwrap();
+        assert!(finished.won && finished.handed.len() == 1);
+        let seen: String = sqlx::query_scalar(status)
+            .bind(claimed.id)
+            .fetch_one(&elsewhere)
+            .await
+            .unwrap();
+        assert_eq!(seen, "ready", "committed, for every connection to see");
     }
 
     /// Outcomes recorded together land each on its own row, whatever their columns.
