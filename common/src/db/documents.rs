@@ -145,8 +145,8 @@ macro_rules! failed_update {
     };
 }
 
-/// Binds `$10` onwards of [`ready_update!`] or [`failed_update!`], whichever `$outcome` is,
-/// to `$query` (`$1` to `$9` bound already).
+/// Binds `$10` onwards, as `$outcome` is ready or failed: to `$ready` (a query on
+/// [`ready_update!`]) or to `$failed` (on [`failed_update!`]), each with `$1` to `$9` bound.
 macro_rules! bind_outcome {
     ($outcome:expr, $ready:expr, $failed:expr) => {
         match $outcome {
