@@ -126,7 +126,9 @@ impl Handoff {
             .lock()
             .expect("the handoff lock is never poisoned")
             .take();
-        self.open.store(receiver.is_some(), Ordering::Release);
+        if receiver.is_some() {
+            self.open.store(true, Ordering::Release);
+        }
         receiver
     }
 
@@ -634,6 +636,49 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings() -> common::settings::WebhookSettings {
+        common::settings::WebhookSettings {
+            timeout: Duration::from_secs(10),
+            retry_schedule: vec![Duration::from_secs(1)],
+            allow_private_networks: true,
+            link_ttl: Duration::from_secs(3600),
+            secret_overlap: Duration::from_secs(86400),
+            concurrency: 4,
+            poll_interval: Duration::from_millis(200),
+            log_retention_days: 30,
+        }
+    }
+
+    #[test]
+    fn the_handoff_leases_only_while_its_dispatcher_runs_and_keeps_up() {
+        let handoff = Handoff::new(&settings());
+        assert_eq!(
+            handoff.lease(),
+            None,
+            "no dispatcher yet: deliveries are left to claims"
+        );
+        assert!(handoff.open().is_some());
+        assert!(handoff.open().is_none(), "one dispatcher reads the handoff");
+        let before = common::now();
+        let lease = handoff
+            .lease()
+            .expect("a running dispatcher takes deliveries");
+        let term = chrono::TimeDelta::from_std(Duration::from_secs(10) + LEASE_MARGIN).unwrap();
+        assert!(lease >= before + term && lease <= common::now() + term);
+
+        handoff.waiting.store(HANDOFF_LIMIT - 1, Ordering::Relaxed);
+        assert!(handoff.lease().is_some());
+        handoff.waiting.store(HANDOFF_LIMIT, Ordering::Relaxed);
+        assert_eq!(
+            handoff.lease(),
+            None,
+            "a full handoff leaves deliveries to claims"
+        );
+        handoff.waiting.store(0, Ordering::Relaxed);
+        handoff.open.store(false, Ordering::Release);
+        assert_eq!(handoff.lease(), None, "a stopped dispatcher takes no more");
+    }
 
     #[test]
     fn a_pair_goes_into_the_data_of_an_event_as_written() {
