@@ -198,6 +198,25 @@ async fn finish_with_deliveries(
         None => 0,
     };
     let due = lease.unwrap_or(now);
+    /// The query of `$ready` or `$failed` (the update as `outcome` is, with the deliveries'
+    /// insert), `$1` to `$9` bound as both engines' queries number them, then the outcome's.
+    macro_rules! deliveries_query {
+        ($ready:expr, $failed:expr, $ids:expr, $endpoints:expr) => {{
+            let shared = |sql| {
+                sqlx::query_as(sql)
+                    .bind(id)
+                    .bind(attempt)
+                    .bind(now)
+                    .bind($ids)
+                    .bind($endpoints)
+                    .bind(event.as_str())
+                    .bind(payload)
+                    .bind(claims)
+                    .bind(due)
+            };
+            bind_outcome!(outcome, shared($ready), shared($failed))
+        }};
+    }
     // One row per delivery written, or one of NULLs when the update happened without any;
     // none when it did not happen.
     let rows: Vec<(Option<Uuid>, Option<Uuid>)> = match pool {
@@ -217,22 +236,11 @@ async fn finish_with_deliveries(
                     )
                 };
             }
-            let shared = |sql| {
-                sqlx::query_as(sql)
-                    .bind(id)
-                    .bind(attempt)
-                    .bind(now)
-                    .bind(&ids)
-                    .bind(endpoints)
-                    .bind(event.as_str())
-                    .bind(payload)
-                    .bind(claims)
-                    .bind(due)
-            };
-            let query = bind_outcome!(
-                outcome,
-                shared(with_deliveries!(ready_update!())),
-                shared(with_deliveries!(failed_update!()))
+            let query = deliveries_query!(
+                with_deliveries!(ready_update!()),
+                with_deliveries!(failed_update!()),
+                &ids,
+                endpoints
             );
             query.fetch_all(pool).await.db()?
         }
@@ -258,22 +266,11 @@ async fn finish_with_deliveries(
                     .expect("ids serialize")
             };
             let (ids, endpoints) = (hex(&ids), hex(endpoints));
-            let shared = |sql| {
-                sqlx::query_as(sql)
-                    .bind(id)
-                    .bind(attempt)
-                    .bind(now)
-                    .bind(&ids)
-                    .bind(&endpoints)
-                    .bind(event.as_str())
-                    .bind(payload)
-                    .bind(claims)
-                    .bind(due)
-            };
-            let query = bind_outcome!(
-                outcome,
-                shared(with_deliveries!(ready_update!())),
-                shared(with_deliveries!(failed_update!()))
+            let query = deliveries_query!(
+                with_deliveries!(ready_update!()),
+                with_deliveries!(failed_update!()),
+                &ids,
+                &endpoints
             );
             let mut conn = ClosedUnlessDone::new(pool.acquire().await.db()?);
             let rows = query.fetch_all(&mut *conn.0).await.db()?;
