@@ -241,15 +241,25 @@ impl JobQueue {
     }
 }
 
-/// Opens the SQLite queue file and prepares its tables.
+/// Opens the SQLite queue file and prepares its tables. The file is shared by every
+/// process of an embedded deployment, and its preparation (apalis' pragmas, `PRAGMA
+/// optimize` and migrations) can fail with "database is locked" while another process
+/// writes it: a worker started beside an API enqueuing a 3,000-item batch exited so, about
+/// once in 25 starts. Like the database's at start-up, the preparation is then tried again.
 async fn open_sqlite(settings: &Settings) -> anyhow::Result<SqliteSource> {
     crate::db::configure_sqlite_process();
     let url = sqlite_url_creating_file(&settings.queue.database_url)?;
     let (pool, wake_ups) =
         SqliteStorage::connect_with_callback(&url).context("cannot open the SQLite job queue")?;
-    SqliteStorage::setup(&pool)
-        .await
-        .context("cannot prepare the SQLite job queue")?;
+    crate::db::retry_while_unavailable(
+        "the SQLite job queue is busy; preparing it again",
+        || async {
+            SqliteStorage::setup(&pool)
+                .await
+                .context("cannot prepare the SQLite job queue")
+        },
+    )
+    .await?;
     let config = apalis_sqlite::Config::default()
         .queue(&settings.queue.name)
         .heartbeat_interval(QUEUE_HEARTBEAT)
@@ -294,27 +304,117 @@ fn sqlite_url_creating_file(url: &str) -> anyhow::Result<String> {
 mod tests {
     use super::*;
 
+    /// The default settings, with everything on disk under `dir`.
+    fn settings_in(dir: &tempfile::TempDir) -> Settings {
+        let data_dir = dir.path().to_str().unwrap().to_owned();
+        Settings::from_lookup(|key| match key {
+            "DATA_DIR" => Some(data_dir.clone()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    /// A connection to the SQLite file of `options` (created, in WAL mode) that has run
+    /// `sql`, which leaves it inside a write transaction: the file's write lock is held
+    /// until it commits.
+    async fn holding_the_lock(
+        options: sqlx::sqlite::SqliteConnectOptions,
+        sql: &'static str,
+    ) -> sqlx::SqliteConnection {
+        use sqlx::Connection;
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let mut holder = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sql).execute(&mut holder).await.unwrap();
+        holder
+    }
+
+    fn a_job() -> RenderJob {
+        RenderJob {
+            document_id: Uuid::now_v7(),
+            request_id: None,
+        }
+    }
+
+    /// SQLite's "database is locked" as apalis reports it (its error wraps sqlx's
+    /// transparently, so the chain holds SQLite's error and not sqlx's) is an outage to
+    /// wait out; a constraint violation wrapped alike is not.
+    #[tokio::test]
+    async fn a_locked_queue_file_is_waited_out_as_apalis_reports_it() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("queue.db"));
+        let mut holder = holding_the_lock(
+            options.clone(),
+            "CREATE TABLE t (x UNIQUE); INSERT INTO t VALUES (1); BEGIN IMMEDIATE; INSERT INTO t VALUES (2)",
+        )
+        .await;
+        let impatient = options.busy_timeout(Duration::ZERO);
+        let mut other = sqlx::SqliteConnection::connect_with(&impatient)
+            .await
+            .unwrap();
+        let locked = sqlx::query("INSERT INTO t VALUES (3)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+        let refused = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        let as_apalis = |err| {
+            anyhow::Error::new(apalis_sqlite::Error::Database(err))
+                .context("cannot prepare the SQLite job queue")
+        };
+        assert!(crate::db::is_outage(&as_apalis(locked)));
+        assert!(!crate::db::is_outage(&as_apalis(refused)));
+    }
+
+    /// A queue file whose write lock another process holds, past the busy timeout SQLite
+    /// waits for (sqlx's 5 s), is prepared once the lock is let go: the start waits
+    /// instead of failing.
+    #[tokio::test]
+    async fn a_queue_file_locked_as_it_opens_is_prepared_once_let_go() {
+        use std::str::FromStr;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings_in(&dir);
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::from_str(&settings.queue.database_url).unwrap();
+        let mut holder = holding_the_lock(options, "BEGIN IMMEDIATE; CREATE TABLE held (x)").await;
+        let opening = tokio::spawn(async move { JobQueue::connect(&settings, None).await });
+        // The lock is the scenario: held a second longer than a connection waits for it.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            !opening.is_finished(),
+            "the queue opened (or gave up) while locked"
+        );
+        sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+        let queue = opening
+            .await
+            .unwrap()
+            .expect("the queue is prepared once the lock is let go");
+        queue
+            .push(a_job())
+            .await
+            .expect("a job goes into the prepared queue");
+    }
+
     /// Finished jobs go, waiting ones stay.
     #[tokio::test]
     async fn pruning_deletes_only_finished_jobs() {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().to_str().unwrap().to_owned();
-        let settings = Settings::from_lookup(|key| match key {
-            "DATA_DIR" => Some(data_dir.clone()),
-            _ => None,
-        })
-        .unwrap();
+        let settings = settings_in(&dir);
         let queue = JobQueue::connect(&settings, None).await.unwrap();
         let Consumer::Sqlite(source) = queue.consumer() else {
             panic!("no REDIS_URL: the SQLite queue")
         };
         let mut ids = Vec::new();
         for _ in 0..3 {
-            let job = RenderJob {
-                document_id: Uuid::now_v7(),
-                request_id: None,
-            };
-            ids.push(queue.push(job).await.unwrap().to_string());
+            ids.push(queue.push(a_job()).await.unwrap().to_string());
         }
         for (id, status) in ids.iter().zip(["Done", "Killed"]) {
             sqlx::query("UPDATE Jobs SET status = ?1 WHERE id = ?2")
@@ -337,12 +437,7 @@ mod tests {
     #[tokio::test]
     async fn every_sqlite_backend_hears_the_wake_ups() {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().to_str().unwrap().to_owned();
-        let settings = Settings::from_lookup(|key| match key {
-            "DATA_DIR" => Some(data_dir.clone()),
-            _ => None,
-        })
-        .unwrap();
+        let settings = settings_in(&dir);
         let queue = JobQueue::connect(&settings, None).await.unwrap();
         let Consumer::Sqlite(source) = queue.consumer() else {
             panic!("no REDIS_URL: the SQLite queue")
@@ -351,11 +446,7 @@ mod tests {
             // What a (re)started worker gets: a fresh backend and its own clone of the hook.
             let _backend = source.backend(Duration::from_secs(3600));
             let mut wake_ups = source.wake_ups();
-            let job = RenderJob {
-                document_id: Uuid::now_v7(),
-                request_id: None,
-            };
-            queue.push(job).await.unwrap();
+            queue.push(a_job()).await.unwrap();
             let woke = tokio::time::timeout(Duration::from_secs(5), wake_ups.next()).await;
             assert_eq!(woke, Ok(Some(())), "start {restart} heard no wake-up");
         }

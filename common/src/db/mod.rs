@@ -170,21 +170,57 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
             if is_postgres {
                 code.starts_with("08") || UNAVAILABLE_CODES.contains(&code)
             } else {
-                code.parse::<i32>()
-                    .is_ok_and(|extended| SQLITE_BUSY_CODES.contains(&(extended & 0xff)))
+                is_sqlite_busy(db_err.as_ref())
             }
         }
         _ => false,
     }
 }
 
-/// Whether an error chain comes from a database that cannot be reached right now.
+/// Whether a SQLite error says another connection holds the database (false for any
+/// other engine's error).
+fn is_sqlite_busy(err: &dyn sqlx::error::DatabaseError) -> bool {
+    err.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+        && err
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|extended| SQLITE_BUSY_CODES.contains(&(extended & 0xff)))
+}
+
+/// Runs `attempt` until it succeeds or fails for another reason than a database that
+/// cannot be used right now ([`is_outage`]): between tries it waits, from 200 ms up to 5 s,
+/// logging `waiting` with the error each time. For what a process does as it starts.
+pub async fn retry_while_unavailable<T, F, Fut>(waiting: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Err(err) if is_outage(&err) => {
+                tracing::warn!(error = %format!("{err:#}"), retry_ms = delay.as_millis() as u64, "{waiting}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether an error chain comes from a database that cannot be reached right now. A
+/// SQLite error counts wherever it is in the chain: apalis wraps sqlx's errors
+/// transparently, so its chain holds SQLite's error and not sqlx's.
 pub fn is_outage(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         matches!(cause.downcast_ref(), Some(DbError::Unavailable(_)))
             || cause
                 .downcast_ref::<sqlx::Error>()
                 .is_some_and(is_unavailable)
+            || cause
+                .downcast_ref::<Box<dyn sqlx::error::DatabaseError>>()
+                .is_some_and(|e| is_sqlite_busy(e.as_ref()))
     })
 }
 
@@ -340,22 +376,15 @@ impl Db {
     /// up to every 5 s, saying so in the log; any other failure (a wrong URL or password, a
     /// failed migration) is returned at once.
     pub async fn open(settings: &Settings) -> anyhow::Result<Db> {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let opened = match Db::connect(settings).await {
-                Ok(db) => db.migrate().await.map(|()| db),
-                Err(err) => Err(err),
-            };
-            match opened {
-                Ok(db) => return Ok(db),
-                Err(err) if is_outage(&err) => {
-                    tracing::warn!(error = %format!("{err:#}"), retry_ms = delay.as_millis() as u64, "the database does not answer yet; waiting for it");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        retry_while_unavailable(
+            "the database does not answer yet; waiting for it",
+            || async {
+                let db = Db::connect(settings).await?;
+                db.migrate().await?;
+                Ok(db)
+            },
+        )
+        .await
     }
 
     fn new(pool: Pool, settings: &Settings, cache_enabled: bool) -> Db {
